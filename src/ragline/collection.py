@@ -1,0 +1,125 @@
+"""A collection on disk: its index shard, its document registry and its write lock.
+
+Layout: ``<data_dir>/collections/<name>/{shard/, registry.sqlite, lock}``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import IO
+
+from ragline.config import Settings
+from ragline.errors import CollectionBusy, CollectionNotFound, ConfigError, DocumentNotFound
+from ragline.index.base import VectorIndex
+from ragline.index.edge import EdgeIndex
+from ragline.ingest.registry import DocRecord, PendingChange, Registry
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', starting with a letter or digit"
+        )
+    return name
+
+
+def collections_root(settings: Settings) -> Path:
+    return settings.data_dir / "collections"
+
+
+def list_collections(settings: Settings) -> list[str]:
+    root = collections_root(settings)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "registry.sqlite").exists())
+
+
+class Collection:
+    """Opened with an exclusive lock: one process writes a collection at a time."""
+
+    def __init__(self, settings: Settings, name: str, dim: int, embedder_name: str, *, create: bool) -> None:
+        self.name = validate_name(name)
+        self.path = collections_root(settings) / name
+        if not (self.path / "registry.sqlite").exists() and not create:
+            raise CollectionNotFound(f"collection {name!r} does not exist (ingest something into it first)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file: IO[str] = open(self.path / "lock", "w")  # noqa: SIM115 - held for the lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise CollectionBusy(
+                f"collection {name!r} is in use by another ragline process; wait for it to finish"
+            ) from None
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+        self.registry = Registry(self.path / "registry.sqlite")
+        stored = self.registry.get_meta("embedder")
+        if stored is None:
+            self.registry.set_meta("embedder", json.dumps({"name": embedder_name, "dim": dim}))
+        else:
+            info = json.loads(stored)
+            if info["name"] != embedder_name or info["dim"] != dim:
+                self.registry.close()
+                self._lock_file.close()
+                raise ConfigError(
+                    f"collection {name!r} was built with embedder {info['name']} (dim {info['dim']}); "
+                    f"the configured one is {embedder_name} (dim {dim}). Use another collection or re-ingest."
+                )
+        r = settings.retrieval
+        self.index: VectorIndex = EdgeIndex(
+            self.path / "shard",
+            dim,
+            bm25_k=r.bm25_k,
+            bm25_b=r.bm25_b,
+            bm25_avg_len=r.bm25_avg_len,
+            hnsw_ef=r.hnsw_ef,
+        )
+        # Readers (search) and the writer (ingest/delete) of this process.
+        self.write_lock = threading.Lock()
+        self.recovered = self.recover()
+
+    def recover(self) -> int:
+        """Settle changes a crash left half-done; returns how many were settled."""
+        pending = self.registry.pending()
+        for change in pending:
+            new_ids = list(change.new_ids)
+            present = self.index.existing(new_ids) if new_ids else set()
+            if len(present) == len(set(new_ids)):
+                # every new chunk is there: finish the change
+                stale = [i for i in change.old_ids if i not in set(new_ids)]
+                self.index.delete(stale)
+                self.index.flush()
+                self.registry.commit([change])
+            else:
+                # incomplete: remove what was written; the old version (if any) is untouched
+                self.index.delete(sorted(present - set(change.old_ids)))
+                self.index.flush()
+                self.registry.abandon([change.doc_id])
+        return len(pending)
+
+    def delete_document(self, doc_id: str) -> DocRecord:
+        with self.write_lock:
+            record = self.registry.get(doc_id)
+            if record is None:
+                raise DocumentNotFound(f"no document {doc_id!r} in collection {self.name!r}")
+            change = PendingChange(doc_id, None, [], record.chunk_ids)
+            self.registry.begin([change])
+            self.index.delete(record.chunk_ids)
+            self.index.flush()
+            self.registry.commit([change])
+            return record
+
+    def close(self) -> None:
+        try:
+            self.index.close()
+        finally:
+            self.registry.close()
+            self._lock_file.close()

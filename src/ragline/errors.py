@@ -1,0 +1,33 @@
+"""ragline's exception hierarchy: callers catch these, never backend errors."""
+
+
+class RaglineError(Exception):
+    """Base class of every error ragline raises on purpose."""
+
+
+class ConfigError(RaglineError):
+    """Settings are invalid; the message says what to fix."""
+
+
+class ParseError(RaglineError):
+    """A file could not be turned into text; the message is the per-file reason."""
+
+
+class CollectionNotFound(RaglineError):
+    """The named collection does not exist."""
+
+
+class CollectionBusy(RaglineError):
+    """Another process holds the collection's write lock."""
+
+
+class DocumentNotFound(RaglineError):
+    """No document with that id in the collection."""
+
+
+class InvalidFilter(RaglineError):
+    """A search filter could not be parsed or does not apply."""
+
+
+class ModelLoadError(RaglineError):
+    """An embedding model or LLM could not be loaded from its path."""

@@ -1,0 +1,68 @@
+"""The index seam: dense vectors, BM25 and payloads for one collection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ragline.index.filters import Filter
+
+
+@dataclass(slots=True)
+class IndexPoint:
+    id: str
+    dense: npt.NDArray[np.float32]
+    #: Text the lexical (BM25) representation is built from.
+    lexical_text: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class IndexHit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class VectorIndex(Protocol):
+    """One collection's index. Implementations: the embedded Qdrant engine (EdgeIndex)."""
+
+    def upsert(self, points: Sequence[IndexPoint]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """The subset of ``ids`` that are stored."""
+        ...
+
+    def search(
+        self,
+        *,
+        dense: npt.NDArray[np.float32] | None,
+        text: str | None,
+        limit: int,
+        flt: Filter | None = None,
+        exact: bool = False,
+    ) -> tuple[list[IndexHit], list[IndexHit]]:
+        """Dense and BM25 candidates (either list empty when its query is None), run together."""
+        ...
+
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...
+
+    def ensure_payload_index(self, key: str, sample: object) -> None:
+        """Index a payload field for filtering, typed from a sample value."""
+        ...
+
+    def count(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def optimize(self) -> None:
+        """Build what bulk loads defer (HNSW graphs, segment merges)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,212 @@
+"""The embedded Qdrant engine (qdrant-edge-py): one shard per collection.
+
+Named dense vector ``dense`` (cosine, HNSW) and sparse vector ``bm25`` (the
+engine's BM25 with the IDF modifier, so IDF is computed over the live shard).
+Only this module imports qdrant_edge.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import qdrant_edge as qe
+
+from ragline.index.base import IndexHit, IndexPoint
+from ragline.index.filters import Condition, Filter, normalize_datetime
+
+DENSE = "dense"
+SPARSE = "bm25"
+
+
+class EdgeIndex:
+    def __init__(
+        self,
+        path: Path,
+        dim: int,
+        *,
+        bm25_k: float = 1.2,
+        bm25_b: float = 0.75,
+        bm25_avg_len: float = 120.0,
+        hnsw_ef: int = 128,
+        threads: int | None = None,
+    ) -> None:
+        self._path = path
+        self._dim = dim
+        self._hnsw_ef = hnsw_ef
+        self._bm25 = qe.Bm25(qe.Bm25Config(k=bm25_k, b=bm25_b, avg_len=bm25_avg_len, language="english"))
+        segments = path / "segments"
+        if segments.exists() and any(segments.iterdir()):
+            self._shard = qe.EdgeShard.load(str(path))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            config = qe.EdgeConfig(
+                vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+                sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+                hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+                max_search_threads=threads,
+            )
+            self._shard = qe.EdgeShard.create(str(path), config)
+            for key, schema in (
+                ("doc_id", qe.PayloadSchemaType.Keyword),
+                ("source", qe.PayloadSchemaType.Keyword),
+                ("page", qe.PayloadSchemaType.Integer),
+                ("chunk_index", qe.PayloadSchemaType.Integer),
+                ("ingested_at", qe.PayloadSchemaType.Datetime),
+            ):
+                self._shard.update(qe.UpdateOperation.create_field_index(key, schema))
+        self._indexed = set(self._shard.info().payload_schema.keys())
+        self._lock = threading.RLock()
+
+    # -- writes ------------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[IndexPoint]) -> None:
+        if not points:
+            return
+        qpoints = [
+            qe.Point(
+                id=p.id,
+                vector={
+                    DENSE: p.dense.astype(np.float32).tolist(),
+                    SPARSE: self._bm25.embed_document(p.lexical_text),
+                },
+                payload=p.payload,
+            )
+            for p in points
+        ]
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.upsert_points(qpoints))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.delete_points(list(ids)))
+
+    def ensure_payload_index(self, key: str, sample: object) -> None:
+        if key in self._indexed:
+            return
+        schema: Any
+        if isinstance(sample, bool):
+            schema = qe.PayloadSchemaType.Bool
+        elif isinstance(sample, int):
+            schema = qe.PayloadSchemaType.Integer
+        elif isinstance(sample, float):
+            schema = qe.PayloadSchemaType.Float
+        elif isinstance(sample, str):
+            try:
+                datetime.fromisoformat(sample.replace("Z", "+00:00"))
+                schema = qe.PayloadSchemaType.Datetime if len(sample) >= 10 and sample[4] == "-" else None
+            except ValueError:
+                schema = None
+            schema = schema or qe.PayloadSchemaType.Keyword
+        else:
+            return
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.create_field_index(key, schema))
+            self._indexed.add(key)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._shard.flush()
+
+    def optimize(self) -> None:
+        with self._lock:
+            self._shard.optimize()
+            self._shard.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._shard.flush()
+            self._shard.close()
+
+    # -- reads -------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._shard.count(qe.CountRequest(exact=True)))
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        records = self._shard.retrieve(list(ids), with_payload=False, with_vector=False)
+        return {str(r.id) for r in records}
+
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        if not ids:
+            return {}
+        records = self._shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
+        out = {}
+        for r in records:
+            vec = r.vector
+            if isinstance(vec, dict) and DENSE in vec:
+                out[str(r.id)] = np.asarray(vec[DENSE], dtype=np.float32)
+        return out
+
+    def search(
+        self,
+        *,
+        dense: npt.NDArray[np.float32] | None,
+        text: str | None,
+        limit: int,
+        flt: Filter | None = None,
+        exact: bool = False,
+    ) -> tuple[list[IndexHit], list[IndexHit]]:
+        qfilter = to_qdrant_filter(flt) if flt else None
+        requests = []
+        if dense is not None:
+            requests.append(
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(dense.astype(np.float32).tolist(), using=DENSE),
+                    filter=qfilter,
+                    with_payload=True,
+                    params=qe.SearchParams(hnsw_ef=max(self._hnsw_ef, limit), exact=exact),
+                )
+            )
+        sparse_vec = self._bm25.embed_query(text) if text else None
+        if sparse_vec is not None and sparse_vec.indices:
+            requests.append(
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(sparse_vec, using=SPARSE),
+                    filter=qfilter,
+                    with_payload=True,
+                )
+            )
+        if not requests:
+            return [], []
+        results = self._shard.query_batch(qe.QueryBatchRequest(requests))
+        converted = [[IndexHit(str(p.id), float(p.score), dict(p.payload or {})) for p in r] for r in results]
+        dense_hits = converted.pop(0) if dense is not None else []
+        sparse_hits = converted.pop(0) if converted else []
+        return dense_hits, sparse_hits
+
+
+def _condition(c: Condition) -> Any:
+    if c.op == "eq":
+        return qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value))
+    if c.op == "in":
+        assert isinstance(c.value, tuple)
+        values = list(c.value)
+        if all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            return qe.FieldCondition(key=c.key, match=qe.MatchAny(values))
+        return qe.Filter(should=[qe.FieldCondition(key=c.key, match=qe.MatchValue(v)) for v in values])
+    bound = {c.op: c.value}
+    if c.is_datetime:
+        assert isinstance(c.value, str)
+        return qe.FieldCondition(key=c.key, range=qe.RangeDateTime(**{c.op: normalize_datetime(c.value)}))
+    return qe.FieldCondition(key=c.key, range=qe.RangeFloat(**{k: float(v) for k, v in bound.items()}))  # type: ignore[arg-type]
+
+
+def to_qdrant_filter(flt: Filter) -> Any:
+    return qe.Filter(
+        must=[_condition(c) for c in flt.must] or None,
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )

@@ -1,0 +1,1 @@
+"""Ingestion: parse -> clean -> dedup -> chunk -> embed -> index, with a registry of documents."""

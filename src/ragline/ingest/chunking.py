@@ -1,0 +1,211 @@
+"""Structure-aware recursive chunking, sized in the embedding model's tokens.
+
+Each section (a heading path, or a PDF page) is chunked on its own so a chunk
+never straddles two sections. Within a section the text is split recursively
+-- paragraphs, lines, sentences, words, and finally token windows -- until each
+piece fits, then pieces are packed greedily into chunks with an overlap. The
+budget leaves room for the title/section header that is embedded with the
+chunk, so no chunk is ever truncated by the embedder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ragline.types import Chunk, ParsedDocument
+
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[]?[A-Z0-9])")
+_LEVELS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\n\s*\n"),  # paragraphs
+    re.compile(r"\n"),  # lines
+    _SENTENCE,  # sentences
+    re.compile(r"\s+"),  # words
+)
+_JOINERS = ("\n\n", "\n", " ", " ")
+CHUNK_NAMESPACE = uuid.UUID("5b3a3c9e-4d0e-4b8a-9f39-2f7c1d7a0e11")
+
+
+class TokenCounter(Protocol):
+    @property
+    def max_tokens(self) -> int: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+
+@dataclass(slots=True)
+class _Piece:
+    text: str
+    tokens: int
+    joiner: str  # how it joins the piece before it
+
+
+def chunk_id_for(doc_id: str, version: str, index: int) -> str:
+    """Deterministic point id: the same document version always yields the same ids."""
+    return str(uuid.uuid5(CHUNK_NAMESPACE, f"{doc_id}\x00{version}\x00{index}"))
+
+
+class Chunker:
+    def __init__(
+        self,
+        counter: TokenCounter,
+        chunk_tokens: int = 200,
+        overlap_tokens: int = 32,
+        max_header_tokens: int = 48,
+    ) -> None:
+        # [CLS] and [SEP] take two of the model's positions.
+        self._capacity = counter.max_tokens - 2
+        if max_header_tokens >= self._capacity - 8:
+            raise ValueError("max_header_tokens leaves no room for chunk text")
+        self._counter = counter
+        self._chunk_tokens = chunk_tokens
+        self._overlap = overlap_tokens
+        self._max_header = max_header_tokens
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def chunk(self, doc: ParsedDocument, version: str) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        for section in doc.sections:
+            path = [h for h in section.heading_path if h]
+            if path and path[0] == doc.title:
+                path = path[1:]  # the title is already in the header
+            heading = " > ".join(path)
+            title, heading = self._fit_header(doc.title, heading)
+            header_tokens = self._count(_header(title, heading)) if (title or heading) else 0
+            budget = max(8, min(self._chunk_tokens, self._capacity - header_tokens))
+            overlap = min(self._overlap, budget // 2)
+            for text, n_tokens in self._split_section(section.text, budget, overlap):
+                idx = len(chunks)
+                chunks.append(
+                    Chunk(
+                        chunk_id=chunk_id_for(doc.doc_id, version, idx),
+                        doc_id=doc.doc_id,
+                        index=idx,
+                        text=text,
+                        title=title,
+                        section=heading,
+                        page=section.page,
+                        n_tokens=n_tokens,
+                        metadata={},
+                    )
+                )
+        return chunks
+
+    # -- internals -----------------------------------------------------------------
+
+    def _count(self, text: str) -> int:
+        return self._counter.count_tokens([text])[0]
+
+    def _truncate(self, text: str, limit: int) -> str:
+        offsets = self._counter.token_offsets(text)
+        if len(offsets) <= limit:
+            return text
+        return text[: offsets[limit - 1][1]].rstrip() + "…" if limit > 0 else ""
+
+    def _fit_header(self, title: str, heading: str) -> tuple[str, str]:
+        """Shorten title and heading so the header stays within max_header_tokens."""
+        if not title and not heading:
+            return title, heading
+        if self._count(_header(title, heading)) <= self._max_header:
+            return title, heading
+        half = self._max_header // 2
+        title = self._truncate(title, half - 1) if title else title
+        rest = self._max_header - (self._count(title) if title else 0) - 2
+        heading = self._truncate(heading, max(rest, 0)) if heading else heading
+        while heading and self._count(_header(title, heading)) > self._max_header:
+            heading = self._truncate(heading, max(self._count(heading) - 4, 0))
+        if self._count(_header(title, heading)) > self._max_header:
+            heading = ""
+            title = self._truncate(title, max(self._max_header - 2, 1))
+        return title, heading
+
+    def _split_section(self, text: str, budget: int, overlap: int) -> list[tuple[str, int]]:
+        text = text.strip()
+        if not text:
+            return []
+        pieces = self._split(text, budget, 0, "")
+        return self._pack(pieces, budget, overlap)
+
+    def _split(self, text: str, budget: int, level: int, joiner: str) -> list[_Piece]:
+        n = self._count(text)
+        if n <= budget:
+            return [_Piece(text, n, joiner)]
+        if level >= len(_LEVELS):
+            return self._token_windows(text, budget, joiner)
+        parts = [p.strip() for p in _LEVELS[level].split(text)]
+        parts = [p for p in parts if p]
+        if len(parts) <= 1:
+            return self._split(text, budget, level + 1, joiner)
+        out: list[_Piece] = []
+        counts = self._counter.count_tokens(parts)
+        for i, (part, cnt) in enumerate(zip(parts, counts, strict=True)):
+            j = joiner if i == 0 else _JOINERS[level]
+            if cnt <= budget:
+                out.append(_Piece(part, cnt, j))
+            else:
+                out.extend(self._split(part, budget, level + 1, j))
+        return out
+
+    def _token_windows(self, text: str, budget: int, joiner: str) -> list[_Piece]:
+        offsets = self._counter.token_offsets(text)
+        out: list[_Piece] = []
+        for start in range(0, len(offsets), budget):
+            window = offsets[start : start + budget]
+            piece = text[window[0][0] : window[-1][1]]
+            out.append(_Piece(piece, len(window), joiner if start == 0 else " "))
+        return out
+
+    def _pack(self, pieces: list[_Piece], budget: int, overlap: int) -> list[tuple[str, int]]:
+        chunks: list[tuple[str, int]] = []
+        current: list[_Piece] = []
+        total = 0
+        for piece in pieces:
+            if current and total + piece.tokens > budget:
+                chunks.append(self._emit(current))
+                # carry the tail of this chunk into the next one as overlap
+                carried: list[_Piece] = []
+                carried_tokens = 0
+                for prev in reversed(current):
+                    if carried_tokens + prev.tokens > overlap or carried_tokens + prev.tokens + piece.tokens > budget:
+                        break
+                    carried.insert(0, prev)
+                    carried_tokens += prev.tokens
+                current, total = carried, carried_tokens
+            current.append(piece)
+            total += piece.tokens
+        if current:
+            chunks.append(self._emit(current))
+        # Token counts of a join can differ by a piece at the seams; verify and re-split if needed.
+        verified: list[tuple[str, int]] = []
+        for text, _ in chunks:
+            n = self._count(text)
+            if n <= budget:
+                verified.append((text, n))
+            else:
+                verified.extend((p.text, p.tokens) for p in self._token_windows(text, budget, ""))
+        return verified
+
+    @staticmethod
+    def _emit(pieces: list[_Piece]) -> tuple[str, int]:
+        parts = [pieces[0].text]
+        for p in pieces[1:]:
+            parts.append(p.joiner or " ")
+            parts.append(p.text)
+        return "".join(parts), sum(p.tokens for p in pieces)
+
+
+def _header(title: str, heading: str) -> str:
+    return " — ".join(p for p in (title, heading) if p)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.split()).lower().encode("utf-8")).hexdigest()

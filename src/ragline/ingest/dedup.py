@@ -1,0 +1,58 @@
+"""Near-duplicate detection with MinHash LSH (datasketch) over word shingles."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+_WORD = re.compile(r"\w+")
+
+
+def shingles(text: str, n: int = 5) -> set[bytes]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words).encode()} if words else set()
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+class NearDuplicateIndex:
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128) -> None:
+        self._num_perm = num_perm
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._keys: set[str] = set()
+
+    def signature(self, text: str) -> MinHash:
+        m = MinHash(num_perm=self._num_perm)
+        m.update_batch(list(shingles(text)))
+        return m
+
+    def load(self, items: Iterable[tuple[str, bytes]]) -> None:
+        for key, raw in items:
+            hv = np.frombuffer(raw, dtype=np.uint64)
+            if hv.shape[0] != self._num_perm:
+                continue
+            self.add(key, MinHash(num_perm=self._num_perm, hashvalues=hv))
+
+    def find(self, sig: MinHash, exclude: str | None = None) -> str | None:
+        for key in self._lsh.query(sig):
+            if key != exclude:
+                return str(key)
+        return None
+
+    def add(self, key: str, sig: MinHash) -> None:
+        if key in self._keys:
+            self._lsh.remove(key)
+        self._lsh.insert(key, sig)
+        self._keys.add(key)
+
+    def remove(self, key: str) -> None:
+        if key in self._keys:
+            self._lsh.remove(key)
+            self._keys.discard(key)
+
+    @staticmethod
+    def to_bytes(sig: MinHash) -> bytes:
+        return bytes(np.asarray(sig.hashvalues, dtype=np.uint64).tobytes())

@@ -1,0 +1,1 @@
+"""Retrieval: dense, BM25 and their fusion."""

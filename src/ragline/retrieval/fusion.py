@@ -1,0 +1,49 @@
+"""Rank fusion of several candidate lists.
+
+- ``rrf``: Reciprocal Rank Fusion, score = sum_i w_i / (k + rank_i) (Cormack et al., 2009).
+- ``convex``: alpha * dense + (1 - alpha) * bm25 on min-max normalised scores; a candidate
+  missing from one list gets 0 from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+from ragline.index.base import IndexHit
+
+
+class FusionMethod(str, Enum):
+    RRF = "rrf"
+    CONVEX = "convex"
+
+    @classmethod
+    def parse(cls, value: str) -> FusionMethod:
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise ValueError(f"unknown fusion {value!r}; choose one of {[m.value for m in cls]}") from None
+
+
+def rrf(lists: Sequence[Sequence[IndexHit]], k: int = 60, weights: Sequence[float] | None = None) -> dict[str, float]:
+    weights = weights or [1.0] * len(lists)
+    scores: dict[str, float] = {}
+    for hits, w in zip(lists, weights, strict=True):
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + w / (k + rank)
+    return scores
+
+
+def _minmax(hits: Sequence[IndexHit]) -> dict[str, float]:
+    if not hits:
+        return {}
+    lo = min(h.score for h in hits)
+    hi = max(h.score for h in hits)
+    span = hi - lo
+    return {h.id: (h.score - lo) / span if span > 0 else 1.0 for h in hits}
+
+
+def convex(dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float = 0.5) -> dict[str, float]:
+    d = _minmax(dense)
+    s = _minmax(sparse)
+    return {i: alpha * d.get(i, 0.0) + (1 - alpha) * s.get(i, 0.0) for i in d.keys() | s.keys()}

@@ -1,0 +1,195 @@
+"""Plain data types that flow between ragline's modules.
+
+They carry no behaviour and no backend types: the index, the embedder and the
+LLM translate to and from these at their edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+AnswerMode = Literal["generate", "extractive"]
+FusionMethod = Literal["rrf", "convex"]
+
+# Payload fields every chunk carries (and that can be filtered on).
+CORE_FIELDS = (
+    "doc_id",
+    "source",
+    "title",
+    "section",
+    "page",
+    "chunk_index",
+    "content_hash",
+    "ingested_at",
+)
+
+
+@dataclass(slots=True)
+class Section:
+    """A run of text under one heading path (and, for PDFs, one page)."""
+
+    text: str
+    heading_path: list[str] = field(default_factory=list)
+    page: int | None = None
+
+
+@dataclass(slots=True)
+class ParsedDocument:
+    """One document as a parser returns it, before cleaning and chunking."""
+
+    doc_id: str
+    source: str
+    title: str
+    sections: list[Section]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of a document that is embedded and indexed."""
+
+    chunk_id: str
+    doc_id: str
+    index: int
+    text: str
+    title: str
+    section: str
+    page: int | None
+    n_tokens: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def embedding_text(self) -> str:
+        """What the embedder and BM25 see: title and section give the chunk its context."""
+        head = " — ".join(p for p in (self.title, self.section) if p)
+        return f"{head}\n{self.text}" if head else self.text
+
+
+@dataclass(slots=True)
+class Hit:
+    """One search result: a chunk, its fused score and the per-retriever scores."""
+
+    chunk_id: str
+    score: float
+    text: str
+    payload: dict[str, Any]
+    dense_score: float | None = None
+    bm25_score: float | None = None
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.payload.get("doc_id", ""))
+
+    @property
+    def title(self) -> str:
+        return str(self.payload.get("title", ""))
+
+    @property
+    def section(self) -> str:
+        return str(self.payload.get("section", ""))
+
+    @property
+    def page(self) -> int | None:
+        p = self.payload.get("page")
+        return int(p) if isinstance(p, int | float) else None
+
+
+@dataclass(slots=True)
+class Citation:
+    """A numbered source that an answer cites."""
+
+    number: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    section: str
+    page: int | None
+    source: str
+    snippet: str
+    inferred: bool = False  # attached by matching the sentence to the source, not cited by the model
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retrieval_ms: float = 0.0
+    generation_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class Answer:
+    text: str
+    citations: list[Citation]
+    sources: list[Hit]
+    usage: Usage
+    mode: AnswerMode
+    found: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "found": self.found,
+            "mode": self.mode,
+            "citations": [
+                {
+                    "number": c.number,
+                    "chunk_id": c.chunk_id,
+                    "doc_id": c.doc_id,
+                    "title": c.title,
+                    "section": c.section,
+                    "page": c.page,
+                    "source": c.source,
+                    "snippet": c.snippet,
+                    "inferred": c.inferred,
+                }
+                for c in self.citations
+            ],
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "retrieval_ms": round(self.usage.retrieval_ms, 2),
+                "generation_ms": round(self.usage.generation_ms, 2),
+            },
+        }
+
+
+@dataclass(slots=True)
+class FileFailure:
+    path: str
+    reason: str
+
+
+@dataclass(slots=True)
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    failed: list[FileFailure] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+    doc_ids: list[str] = field(default_factory=list)
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
+            "failed": [{"path": f.path, "reason": f.reason} for f in self.failed],
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 3),
+            "chunks_per_second": round(self.chunks_per_second, 1),
+        }
