@@ -18,7 +18,9 @@ from ragline.errors import RaglineError
 from ragline.ingest.pipeline import Progress as IngestProgress
 from ragline.types import Answer, IngestReport
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragline: cited answers from your documents.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="ragline: cited answers from your documents."
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -86,9 +88,13 @@ def ingest(
 
             def on_progress(p: IngestProgress) -> None:
                 rate = p.chunks_done / p.elapsed if p.elapsed > 0 else 0.0
-                bar.update(task, completed=p.docs_done, total=p.docs_total, chunks=p.chunks_done, rate=f"{rate:.1f}")
+                bar.update(
+                    task, completed=p.docs_done, total=p.docs_total, chunks=p.chunks_done, rate=f"{rate:.1f}"
+                )
 
-            report = engine.ingest([str(p) for p in paths], collection=collection, metadata=metadata, progress=on_progress)
+            report = engine.ingest(
+                [str(p) for p in paths], collection=collection, metadata=metadata, progress=on_progress
+            )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
@@ -102,7 +108,9 @@ def search(
     query: str,
     collection: CollectionOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000)] = 5,
-    filter_: Annotated[list[str] | None, typer.Option("--filter", "-f", help="field=value, field>=n, ...")] = None,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", "-f", help="field=value, field>=n, ...")
+    ] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="hybrid | dense | bm25")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     config: ConfigOpt = None,
@@ -115,10 +123,7 @@ def search(
     if as_json:
         console.print_json(
             json.dumps(
-                [
-                    {"score": h.score, "chunk_id": h.chunk_id, "text": h.text, **h.payload}
-                    for h in hits
-                ]
+                [{"score": h.score, "chunk_id": h.chunk_id, "text": h.text, **h.payload} for h in hits]
             )
         )
         return
@@ -145,7 +150,9 @@ def _print_answer(answer: Answer, streamed: bool) -> None:
         for c in answer.citations:
             where = ", ".join(x for x in (c.section, f"page {c.page}" if c.page is not None else "") if x)
             mark = " (matched)" if c.inferred else ""
-            console.print(f"  [{c.number}] {c.title}{' — ' + where if where else ''}{mark}\n      [dim]{c.source}[/dim]")
+            console.print(
+                f"  [{c.number}] {c.title}{' — ' + where if where else ''}{mark}\n      [dim]{c.source}[/dim]"
+            )
     u = answer.usage
     console.print(
         f"\n[dim]retrieval {u.retrieval_ms:.0f} ms · generation {u.generation_ms:.0f} ms · "
@@ -161,7 +168,9 @@ def ask(
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=50)] = None,
     filter_: Annotated[list[str] | None, typer.Option("--filter", "-f")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    no_stream: Annotated[bool, typer.Option("--no-stream", help="print the answer when it is complete")] = False,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="print the answer when it is complete")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from a collection, with citations."""

@@ -25,7 +25,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 def validate_name(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
         raise ConfigError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', starting with a letter or digit"
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "
+            "starting with a letter or digit"
         )
     return name
 

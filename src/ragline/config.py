@@ -26,7 +26,9 @@ class EmbedderSettings(BaseModel):
     kind: Literal["minilm", "onnx_dir"] = "minilm"
     #: For kind=onnx_dir: a directory holding model.onnx (or *.onnx) and tokenizer.json.
     path: Path | None = None
-    max_tokens: int = Field(256, ge=16, le=8192, description="word pieces the model reads, incl. special tokens")
+    max_tokens: int = Field(
+        256, ge=16, le=8192, description="word pieces the model reads, incl. special tokens"
+    )
     batch_size: int = Field(32, ge=1, le=1024)
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
     normalize: bool = True
@@ -85,7 +87,9 @@ class RetrievalSettings(BaseModel):
     #: BM25 parameters (the engine's built-in BM25, Snowball English stemmer).
     bm25_k: float = Field(1.2, ge=0.0)
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
-    bm25_avg_len: float = Field(120.0, gt=0.0, description="expected tokens per chunk after stop-word removal")
+    bm25_avg_len: float = Field(
+        120.0, gt=0.0, description="expected tokens per chunk after stop-word removal"
+    )
 
 
 class AnswerSettings(BaseModel):

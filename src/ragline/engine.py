@@ -1,10 +1,10 @@
 """The Engine: ragline's Python API. The CLI and the server are thin layers over it.
 
-    from ragline import Engine
-    with Engine() as engine:
-        engine.ingest(["docs/"], collection="docs")
-        hits = engine.search("how do I configure the embedder?", collection="docs")
-        answer = engine.answer("how do I configure the embedder?", collection="docs")
+from ragline import Engine
+with Engine() as engine:
+    engine.ingest(["docs/"], collection="docs")
+    hits = engine.search("how do I configure the embedder?", collection="docs")
+    answer = engine.answer("how do I configure the embedder?", collection="docs")
 """
 
 from __future__ import annotations
@@ -115,8 +115,10 @@ class Engine:
     def delete(self, doc_id: str, *, collection: str | None = None) -> DocRecord:
         return self.collection(collection).delete_document(doc_id)
 
-    def documents(self, *, collection: str | None = None, limit: int = 1000, offset: int = 0) -> list[DocRecord]:
-        return self.collection(collection).registry.list(limit, offset)
+    def documents(
+        self, *, collection: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[DocRecord]:
+        return self.collection(collection).registry.list_documents(limit, offset)
 
     def drop_collection(self, name: str) -> None:
         import shutil

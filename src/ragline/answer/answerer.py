@@ -35,7 +35,9 @@ class Answerer:
     def not_found(self, hits: Sequence[Hit], usage: Usage, mode: AnswerMode) -> Answer:
         return Answer(NOT_FOUND, [], list(hits), usage, mode, found=False)
 
-    def extractive(self, question: str, query_vector: np.ndarray, hits: Sequence[Hit], usage: Usage) -> Answer:
+    def extractive(
+        self, question: str, query_vector: np.ndarray, hits: Sequence[Hit], usage: Usage
+    ) -> Answer:
         t0 = time.perf_counter()
         candidates: list[tuple[int, str]] = []
         for n, h in enumerate(hits, start=1):

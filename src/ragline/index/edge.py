@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
+from ragline.errors import InvalidFilter
 from ragline.index.base import IndexHit, IndexPoint
 from ragline.index.filters import Condition, Filter, normalize_datetime
 
@@ -187,17 +188,27 @@ class EdgeIndex:
         return dense_hits, sparse_hits
 
 
+def _equals(key: str, value: object) -> Any:
+    if isinstance(value, float):  # the engine matches floats by range, not by value
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
+    if isinstance(value, str | int):
+        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+    raise InvalidFilter(f"cannot match {key} against {value!r}")
+
+
 def _condition(c: Condition) -> Any:
     if c.op == "eq":
-        return qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value))
+        return _equals(c.key, c.value)
     if c.op == "in":
         assert isinstance(c.value, tuple)
         values = list(c.value)
-        if all(isinstance(v, str) for v in values) or all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
-            return qe.FieldCondition(key=c.key, match=qe.MatchAny(values))
-        return qe.Filter(should=[qe.FieldCondition(key=c.key, match=qe.MatchValue(v)) for v in values])
+        strs = [v for v in values if isinstance(v, str)]
+        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if len(strs) == len(values):
+            return qe.FieldCondition(key=c.key, match=qe.MatchAny(strs))
+        if len(ints) == len(values):
+            return qe.FieldCondition(key=c.key, match=qe.MatchAny(ints))
+        return qe.Filter(should=[_equals(c.key, v) for v in values])
     bound = {c.op: c.value}
     if c.is_datetime:
         assert isinstance(c.value, str)

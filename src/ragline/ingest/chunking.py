@@ -175,7 +175,10 @@ class Chunker:
                 carried: list[_Piece] = []
                 carried_tokens = 0
                 for prev in reversed(current):
-                    if carried_tokens + prev.tokens > overlap or carried_tokens + prev.tokens + piece.tokens > budget:
+                    if (
+                        carried_tokens + prev.tokens > overlap
+                        or carried_tokens + prev.tokens + piece.tokens > budget
+                    ):
                         break
                     carried.insert(0, prev)
                     carried_tokens += prev.tokens

@@ -28,5 +28,7 @@ def looks_like_text(sample: str) -> bool:
     """False for binary junk decoded as text: many replacement or control characters."""
     if not sample:
         return True
-    bad = sum(1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\n\r\t"))
+    bad = sum(
+        1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\n\r\t")
+    )
     return bad / len(sample) < 0.05

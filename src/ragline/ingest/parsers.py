@@ -70,7 +70,9 @@ def _nonempty(sections: list[Section]) -> list[Section]:
     return out
 
 
-def _finish(doc_id: str, path: Path, title: str, sections: list[Section], **meta: Any) -> list[ParsedDocument]:
+def _finish(
+    doc_id: str, path: Path, title: str, sections: list[Section], **meta: Any
+) -> list[ParsedDocument]:
     sections = _nonempty(sections)
     if not sections:
         raise ParseError("no extractable text")
@@ -150,10 +152,10 @@ def _strip_md(text: str) -> str:
 
 
 def parse_html(path: Path, doc_id: str) -> list[ParsedDocument]:
-    from selectolax.parser import HTMLParser
+    from selectolax.lexbor import LexborHTMLParser
 
     text = _read_text(path)
-    tree = HTMLParser(text)
+    tree = LexborHTMLParser(text)
     for sel in ("script", "style", "noscript", "nav", "header", "footer", "template", "svg", "form"):
         for node in tree.css(sel):
             node.decompose()
@@ -316,7 +318,8 @@ def iter_jsonl(path: Path) -> Iterator[ParsedDocument | ParseError]:
             if doc_id is None:
                 yield ParseError(f"line {lineno}: no id field ({'/'.join(_ID_KEYS)})")
                 continue
-            title = obj.get("title") if isinstance(obj.get("title"), str) else ""
+            raw_title = obj.get("title")
+            title = raw_title if isinstance(raw_title, str) else ""
             text = clean_text(text or "")
             if not text and not title:
                 yield ParseError(f"line {lineno}: document {doc_id} has no text")

@@ -138,7 +138,9 @@ class Ingestor:
             try:
                 size = f.stat().st_size
                 if size > limit:
-                    report.failed.append(FileFailure(str(f), f"file too large ({size} bytes > limit {limit})"))
+                    report.failed.append(
+                        FileFailure(str(f), f"file too large ({size} bytes > limit {limit})")
+                    )
                     continue
                 if not os.access(f, os.R_OK):
                     report.failed.append(FileFailure(str(f), "permission denied"))

@@ -142,7 +142,7 @@ class Registry:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def list(self, limit: int = 1000, offset: int = 0) -> list[DocRecord]:
+    def list_documents(self, limit: int = 1000, offset: int = 0) -> list[DocRecord]:
         rows = self._db.execute(
             "SELECT * FROM documents ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 from ragline.index.base import IndexHit
 
 
-class FusionMethod(str, Enum):
+class FusionMethod(StrEnum):
     RRF = "rrf"
     CONVEX = "convex"
 
@@ -25,7 +25,9 @@ class FusionMethod(str, Enum):
             raise ValueError(f"unknown fusion {value!r}; choose one of {[m.value for m in cls]}") from None
 
 
-def rrf(lists: Sequence[Sequence[IndexHit]], k: int = 60, weights: Sequence[float] | None = None) -> dict[str, float]:
+def rrf(
+    lists: Sequence[Sequence[IndexHit]], k: int = 60, weights: Sequence[float] | None = None
+) -> dict[str, float]:
     weights = weights or [1.0] * len(lists)
     scores: dict[str, float] = {}
     for hits, w in zip(lists, weights, strict=True):

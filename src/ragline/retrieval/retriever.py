@@ -23,7 +23,8 @@ class Retriever:
         self._settings = settings
 
     def embed_query(self, query: str) -> npt.NDArray[np.float32]:
-        return self._embedder.embed_queries([query])[0]
+        vec: npt.NDArray[np.float32] = self._embedder.embed_queries([query])[0]
+        return vec
 
     def search(
         self,
