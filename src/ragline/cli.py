@@ -15,12 +15,14 @@ from rich.table import Table
 from ragline.config import load_settings
 from ragline.engine import Engine
 from ragline.errors import RaglineError
+from ragline.eval.cli import eval_app
 from ragline.ingest.pipeline import Progress as IngestProgress
 from ragline.types import Answer, IngestReport
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="ragline: cited answers from your documents."
 )
+app.add_typer(eval_app, name="eval")
 console = Console()
 err = Console(stderr=True)
 
@@ -243,6 +245,32 @@ def collections(config: ConfigOpt = None) -> None:
     with _engine(config) as engine:
         for name in engine.collections():
             console.print(name)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default from settings: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default from settings: 8000)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+) -> None:
+    """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
+    import uvicorn
+
+    from ragline.server.app import create_app
+
+    settings = load_settings(config)
+    if workers != 1:
+        raise typer.BadParameter(
+            "the embedded engine is opened by one process; run one worker per data_dir",
+            param_hint="--workers",
+        )
+    s = settings.server
+    engine = Engine(settings)
+    app_ = create_app(engine, local_model=s.local_model, max_body_bytes=s.max_body_bytes)
+    uvicorn.run(
+        app_, host=host or s.host, port=port or s.port, loop="uvloop", http="httptools", log_level="info"
+    )
 
 
 def main() -> None:

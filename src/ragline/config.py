@@ -101,6 +101,14 @@ class AnswerSettings(BaseModel):
     extractive_sentences: int = Field(3, ge=1, le=20)
 
 
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: The name clients use for the embedded local LLM.
+    local_model: str = Field("local", min_length=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGLINE_", env_nested_delimiter="__", extra="forbid")
 
@@ -112,6 +120,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     answer: AnswerSettings = AnswerSettings()
+    server: ServerSettings = ServerSettings()
 
     @classmethod
     def settings_customise_sources(

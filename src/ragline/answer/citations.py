@@ -34,6 +34,7 @@ def strip_invalid(text: str, n_sources: int) -> str:
         nums = [n for n in re.split(r"\s*[,;]\s*", m.group(1)) if n.isdigit() and 1 <= int(n) <= n_sources]
         return f"[{', '.join(nums)}]" if nums else ""
 
+    text = re.sub(r"\s*\[(?:n|N|\d+\s*-\s*\d+|source|Source)\]", "", text)  # template echoes like [n]
     return _CITE.sub(fix, text)
 
 

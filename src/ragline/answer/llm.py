@@ -40,6 +40,7 @@ class LLM(Protocol):
         *,
         max_tokens: int,
         temperature: float = 0.0,
+        top_p: float | None = None,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
@@ -82,6 +83,7 @@ class LlamaCppLLM:
         *,
         max_tokens: int,
         temperature: float = 0.0,
+        top_p: float | None = None,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
@@ -91,6 +93,8 @@ class LlamaCppLLM:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
+        if top_p is not None:
+            request["top_p"] = top_p
         if stop:
             request["stop"] = list(stop)
         if seed is not None:

@@ -103,18 +103,19 @@ def parse_markdown(path: Path, doc_id: str) -> list[ParsedDocument]:
     tokens = md.parse(text)
     lines = text.split("\n")
     # heading line ranges from the token stream (ignores '#' inside code fences)
-    headings: list[tuple[int, int, str]] = []  # (start_line, level, text)
+    headings: list[tuple[int, int, int, str]] = []  # (start_line, end_line, level, text)
     for i, tok in enumerate(tokens):
         if tok.type == "heading_open" and tok.map:
             level = int(tok.tag[1])
             inline = tokens[i + 1]
-            headings.append((tok.map[0], level, inline.content.strip()))
+            # end_line: a setext heading's underline (=== / ---) is part of the heading
+            headings.append((tok.map[0], tok.map[1], level, inline.content.strip()))
     title = ""
     sections: list[Section] = []
     path_stack: list[tuple[int, str]] = []
     prev_line = 0
     cur_path: list[str] = []
-    for start, level, htext in [*headings, (len(lines), 0, "")]:
+    for start, end, level, htext in [*headings, (len(lines), len(lines), 0, "")]:
         body = "\n".join(lines[prev_line:start])
         if prev_line > 0 or start > 0:
             sections.append(Section(_strip_md(body), heading_path=list(cur_path)))
@@ -126,7 +127,7 @@ def parse_markdown(path: Path, doc_id: str) -> list[ParsedDocument]:
             path_stack.pop()
         path_stack.append((level, htext))
         cur_path = [h for _, h in path_stack]
-        prev_line = start + 1
+        prev_line = end
     if not headings:
         sections = [Section(_strip_md(text))]
     return _finish(doc_id, path, title or path.stem, sections)
@@ -252,6 +253,7 @@ def parse_pdf(path: Path, doc_id: str) -> list[ParsedDocument]:
 def parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
 
     try:
         document = docx.Document(str(path))
@@ -269,7 +271,13 @@ def parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
             sections.append(Section("\n\n".join(buf), heading_path=[h for _, h in stack]))
             buf.clear()
 
-    for para in document.paragraphs:
+    # body paragraphs and tables in document order, so a table belongs to the section it sits in
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            rows = [" | ".join(c.text.strip() for c in row.cells) for row in block.rows]
+            buf.append("\n".join(rows))
+            continue
+        para = block
         text = para.text.strip()
         if not text:
             continue
@@ -286,9 +294,6 @@ def parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
             stack.append((level, text))
         else:
             buf.append(text)
-    for table in document.tables:
-        rows = [" | ".join(c.text.strip() for c in row.cells) for row in table.rows]
-        buf.append("\n".join(rows))
     flush()
     return _finish(doc_id, path, title or path.stem, sections)
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: a thin layer over the services."""

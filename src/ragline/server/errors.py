@@ -1,0 +1,44 @@
+"""Errors the API returns, each with its HTTP status and OpenAI error type."""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class BadRequest(APIError):
+    pass
+
+
+class ModelNotFound(APIError):
+    status = 404
+    code_default = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+
+class NotFound(APIError):
+    status = 404
+
+
+class ContextTooLong(APIError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages", code="context_length_exceeded")
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "service_unavailable"

@@ -1,0 +1,257 @@
+"""The serving layer: turns validated requests into engine/model calls and OpenAI-shaped results.
+
+Testable without HTTP. Every model call runs in a worker thread (llama.cpp and
+onnxruntime release the GIL), never on the event loop; streaming bridges the
+model's token callback to an asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from ragline.answer.llm import Completion
+from ragline.engine import Engine
+from ragline.errors import CollectionNotFound, RaglineError
+from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
+from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
+from ragline.types import Answer
+
+RAG_PREFIX = "rag/"
+_DONE = object()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _chat_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def _map_llm_error(e: RaglineError) -> Exception:
+    msg = str(e)
+    if "context" in msg.lower() or "exceed" in msg.lower():
+        return ContextTooLong(msg)
+    return e
+
+
+class ChatService:
+    def __init__(self, engine: Engine, local_model: str) -> None:
+        self._engine = engine
+        self.local_model = local_model
+
+    def models(self) -> list[str]:
+        return [self.local_model, *(RAG_PREFIX + c for c in self._engine.collections())]
+
+    def _resolve(self, req: ChatCompletionRequest) -> str | None:
+        """None for the local model, else the RAG collection to answer from."""
+        if req.model.startswith(RAG_PREFIX):
+            name = req.model[len(RAG_PREFIX) :]
+            if name not in self._engine.collections():
+                raise ModelNotFound(req.model)
+            return name
+        if req.model != self.local_model:
+            raise ModelNotFound(req.model)
+        if req.rag is not None:
+            return req.rag.collection or self._engine.settings.default_collection
+        return None
+
+    @staticmethod
+    def _question(req: ChatCompletionRequest) -> str:
+        for m in reversed(req.messages):
+            if m.role == "user" and m.text().strip():
+                return m.text()
+        raise BadRequest("RAG needs a user message with text", param="messages")
+
+    # -- non-streaming -------------------------------------------------------------------
+
+    async def complete(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        collection = self._resolve(req)
+        if collection is not None:
+            answer = await self._answer(req, collection, None)
+            return self._rag_response(req, answer)
+        completion = await asyncio.to_thread(self._chat, req, None)
+        return {
+            "id": _chat_id(),
+            "object": "chat.completion",
+            "created": _now(),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": completion.finish_reason,
+                }
+            ],
+            "usage": _usage(completion.prompt_tokens, completion.completion_tokens),
+        }
+
+    def _chat(self, req: ChatCompletionRequest, on_token: Any) -> Completion:
+        cfg = self._engine.settings.llm
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+        ]
+        try:
+            return self._engine.llm.chat(
+                messages,
+                max_tokens=req.token_limit(cfg.max_tokens),
+                temperature=cfg.temperature if req.temperature is None else req.temperature,
+                top_p=req.top_p,
+                stop=req.stop_list(),
+                seed=req.seed,
+                on_token=on_token,
+            )
+        except RaglineError as e:
+            raise _map_llm_error(e) from e
+
+    async def _answer(self, req: ChatCompletionRequest, collection: str, on_token: Any) -> Answer:
+        question = self._question(req)
+        rag = req.rag
+        try:
+            return await asyncio.to_thread(
+                self._engine.answer,
+                question,
+                collection=collection,
+                mode=rag.mode if rag else None,
+                top_k=rag.top_k if rag else None,
+                filters=rag.filters if rag else None,
+                on_token=on_token,
+            )
+        except CollectionNotFound as e:
+            raise ModelNotFound(req.model) from e
+        except RaglineError as e:
+            raise _map_llm_error(e) from e
+
+    def _rag_response(self, req: ChatCompletionRequest, answer: Answer) -> dict[str, Any]:
+        d = answer.to_dict()
+        return {
+            "id": _chat_id(),
+            "object": "chat.completion",
+            "created": _now(),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(answer.usage.prompt_tokens, answer.usage.completion_tokens),
+            "citations": d["citations"],
+            "ragline": {"found": answer.found, "mode": answer.mode, "usage": d["usage"]},
+        }
+
+    # -- streaming -----------------------------------------------------------------------
+
+    async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield chat.completion.chunk dicts; validation errors raise before the first yield."""
+        collection = self._resolve(req)
+        if collection is not None:
+            self._question(req)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def on_token(tok: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, tok)
+
+        async def run() -> Any:
+            try:
+                if collection is not None:
+                    return await self._answer(req, collection, on_token)
+                return await asyncio.to_thread(self._chat, req, on_token)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        task = asyncio.create_task(run())
+        cid, created = _chat_id(), _now()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                yield chunk({"content": item})
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        if isinstance(result, Answer):
+            d = result.to_dict()
+            # The final text (with citations matched after generation) and the sources, before [DONE].
+            if not result.found or result.mode == "extractive":
+                yield chunk({"content": result.text})
+            yield chunk(
+                {}, "stop", citations=d["citations"], ragline={"found": result.found, "text": result.text}
+            )
+            prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
+        else:
+            yield chunk({}, result.finish_reason)
+            prompt, completion = result.prompt_tokens, result.completion_tokens
+        if req.stream_options and req.stream_options.include_usage:
+            yield {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model,
+                "choices": [],
+                "usage": _usage(prompt, completion),
+            }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class EmbeddingService:
+    def __init__(self, engine: Engine, model_names: set[str]) -> None:
+        self._engine = engine
+        self.model_names = model_names
+
+    async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
+        if req.model not in self.model_names:
+            raise ModelNotFound(req.model)
+        inputs = [req.input] if isinstance(req.input, str) else req.input
+        if not inputs:
+            raise BadRequest("input must not be empty", param="input")
+        if not all(isinstance(x, str) for x in inputs):
+            raise BadRequest("token-id input is not supported; send strings", param="input")
+        texts = [str(x) for x in inputs]
+        if any(not t for t in texts):
+            raise BadRequest("input strings must not be empty", param="input")
+        if req.dimensions is not None and req.dimensions != self._engine.embedder.dim:
+            raise BadRequest(f"this model has {self._engine.embedder.dim} dimensions", param="dimensions")
+        embedder = self._engine.embedder
+        vectors = await asyncio.to_thread(embedder.embed_documents, texts)
+        tokens = sum(min(n + 2, embedder.max_tokens) for n in embedder.count_tokens(texts))
+        data = []
+        for i, v in enumerate(vectors):
+            emb: Any = (
+                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+                if req.encoding_format == "base64"
+                else v.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
