@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 # A small vocabulary of ordinary English words, so token counts are realistic.
-VOCAB = (
+_VOCAB_TEXT = (
     "river mountain engine library window garden signal market harbor forest bridge lantern "
     "journey kernel packet cluster tensor vector search answer question station planet copper "
     "silver orange violet winter summer autumn spring morning evening captain doctor teacher "
     "student farmer baker painter writer reader number letter record archive folder printer "
     "monitor battery cable socket server client driver module function compiler parser "
     "network router switch bucket ladder hammer needle pocket jacket blanket pillow candle"
-).split()
+)
+VOCAB = tuple(_VOCAB_TEXT.split())
 
 
 def words(n: int, seed: int = 0) -> list[str]:
@@ -61,9 +62,7 @@ def pdf_bytes(pages: Sequence[Sequence[str]], title: str | None = None) -> bytes
     objects: dict[int, bytes] = {
         1: b"<< /Type /Catalog /Pages 2 0 R >>",
         2: (
-            "<< /Type /Pages /Kids ["
-            + " ".join(f"{3 + 2 * i} 0 R" for i in range(n))
-            + f"] /Count {n} >>"
+            "<< /Type /Pages /Kids [" + " ".join(f"{3 + 2 * i} 0 R" for i in range(n)) + f"] /Count {n} >>"
         ).encode(),
         font_obj: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
     }

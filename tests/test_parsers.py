@@ -6,9 +6,11 @@ All fixture files are written by the tests (see fixtures.py); these tests need n
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from fixtures import (
     pdf_bytes,
     write_docx,
@@ -18,7 +20,6 @@ from fixtures import (
     write_pdf,
     write_text,
 )
-
 from ragline.errors import ParseError
 from ragline.ingest.parsers import iter_jsonl, parse_file, supported_suffixes
 from ragline.types import ParsedDocument, Section
@@ -88,7 +89,9 @@ def test_pdf_blank_page_is_skipped_but_numbering_kept(tmp_path: Path) -> None:
     ],
     ids=["random-bytes", "encrypted", "empty", "no-text"],
 )
-def test_bad_pdfs_raise_parse_error_with_reason(tmp_path: Path, writer, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_pdfs_raise_parse_error_with_reason(
+    tmp_path: Path, writer: Callable[[Path], object], reason: str
+) -> None:
     path = tmp_path / "bad.pdf"
     writer(path)
     with pytest.raises(ParseError, match=reason):
@@ -243,11 +246,18 @@ def test_plain_text_title_is_file_stem_and_text_is_cleaned(tmp_path: Path) -> No
     assert doc.sections[0].heading_path == [] and doc.sections[0].page is None
 
 
-def test_latin1_text_is_still_read(tmp_path: Path) -> None:
+def test_mostly_ascii_text_with_a_stray_latin1_byte_is_read(tmp_path: Path) -> None:
     path = tmp_path / "legacy.txt"
-    path.write_bytes("Caf\xe9 menu: cr\xe8me br\xfbl\xe9e and more words here.".encode("latin-1"))
+    path.write_bytes(("The caf\xe9 menu lists soups, breads and more words here. " * 3).encode("latin-1"))
     doc = _one(parse_file(path, "l"))
-    assert "menu" in doc.text and "more words here" in doc.text
+    assert "menu lists soups" in doc.text and "more words here" in doc.text
+
+
+def test_mostly_non_utf8_text_is_rejected_with_a_reason(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.txt"
+    path.write_bytes("\xe9t\xe9 \xe0 l'h\xf4tel: cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    with pytest.raises(ParseError, match="not valid UTF-8"):
+        parse_file(path, "l")
 
 
 @pytest.mark.parametrize(
@@ -271,7 +281,7 @@ def test_bad_text_files(tmp_path: Path, name: str, content: bytes | None, reason
 def test_binary_junk_without_nul_bytes_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "junk.txt"
     path.write_bytes(bytes(b for b in range(128, 256)) * 40)
-    with pytest.raises(ParseError, match="UTF-8|binary"):
+    with pytest.raises(ParseError, match=r"UTF-8|binary"):
         parse_file(path, "d")
 
 

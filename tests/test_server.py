@@ -219,3 +219,69 @@ def test_context_too_long_is_400(client: openai.OpenAI) -> None:
             model="local", messages=[{"role": "user", "content": long}], max_tokens=4
         )
     assert exc.value.status_code == 400
+
+
+def _wait_job(server: str, job: dict[str, object]) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        cur = httpx.get(f"{server}/v1/jobs/{job['id']}").json()
+        if cur["status"] in ("succeeded", "failed"):
+            return dict(cur)
+        time.sleep(0.2)
+    pytest.fail(f"job {job['id']} did not finish")
+
+
+def test_knowledge_endpoints_upload_search_delete(server: str) -> None:
+    assert httpx.post(server + "/v1/collections", json={"name": "kb"}).status_code == 201
+    assert "kb" in {c["id"] for c in httpx.get(server + "/v1/collections").json()["data"]}
+    docs = {
+        "documents": [
+            {
+                "id": "tea",
+                "title": "Tea",
+                "text": "Green tea is made from unoxidised leaves.",
+                "metadata": {"lang": "en"},
+            },
+            {
+                "id": "coffee",
+                "title": "Coffee",
+                "text": "Espresso is brewed by forcing hot water through coffee.",
+            },
+        ]
+    }
+    r = httpx.post(server + "/v1/collections/kb/documents", json=docs)
+    assert r.status_code == 202
+    job = _wait_job(server, r.json())
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["added"] == 2  # type: ignore[index]
+    assert job["progress"]["documents"] == 2  # type: ignore[index]
+    hits = httpx.post(
+        server + "/v1/collections/kb/search", json={"query": "espresso brewing", "top_k": 1}
+    ).json()
+    assert hits["data"][0]["metadata"]["doc_id"] == "coffee"
+    only_en = httpx.post(
+        server + "/v1/collections/kb/search", json={"query": "drink", "filters": ["lang=en"]}
+    ).json()["data"]
+    assert {h["metadata"]["doc_id"] for h in only_en} == {"tea"}
+    files = {"file": ("notes.md", b"# Notes\n\nThe meeting moved to Thursday at noon.\n", "text/markdown")}
+    job = _wait_job(server, httpx.post(server + "/v1/collections/kb/files", files=files).json())
+    assert job["status"] == "succeeded", job["error"]
+    listed = {d["doc_id"] for d in httpx.get(server + "/v1/collections/kb/documents").json()["data"]}
+    assert listed == {"tea", "coffee", "notes.md"}
+    assert httpx.delete(server + "/v1/collections/kb/documents/coffee").json()["deleted"] is True
+    hits = httpx.post(server + "/v1/collections/kb/search", json={"query": "espresso", "top_k": 5}).json()[
+        "data"
+    ]
+    assert "coffee" not in {h["metadata"]["doc_id"] for h in hits}
+
+
+def test_knowledge_errors(server: str) -> None:
+    assert httpx.get(server + "/v1/jobs/job-missing").status_code == 404
+    r = httpx.post(server + "/v1/collections/nope/search", json={"query": "x"})
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    assert httpx.post(server + "/v1/collections/geo/search", json={"top_k": 3}).status_code == 400
+    assert httpx.post(server + "/v1/collections", json={"name": "../etc"}).status_code == 400
+    bad = httpx.post(server + "/v1/collections/geo/search", json={"query": "x", "filters": ["???"]})
+    assert bad.status_code == 400
+    files = {"file": ("evil.exe", b"MZ\x00\x00", "application/octet-stream")}
+    assert httpx.post(server + "/v1/collections/geo/files", files=files).status_code == 400

@@ -26,6 +26,7 @@ _LEVELS: tuple[re.Pattern[str], ...] = (
     _SENTENCE,  # sentences
     re.compile(r"\s+"),  # words
 )
+_SPACE = re.compile(r"\s+")
 _JOINERS = ("\n\n", "\n", " ", " ")
 CHUNK_NAMESPACE = uuid.UUID("5b3a3c9e-4d0e-4b8a-9f39-2f7c1d7a0e11")
 
@@ -182,6 +183,11 @@ class Chunker:
                         break
                     carried.insert(0, prev)
                     carried_tokens += prev.tokens
+                if not carried and overlap > 0:
+                    # the last piece alone is longer than the overlap: carry its last words instead
+                    tail = self._tail(current[-1], min(overlap, budget - piece.tokens))
+                    if tail is not None:
+                        carried, carried_tokens = [tail], tail.tokens
                 current, total = carried, carried_tokens
             current.append(piece)
             total += piece.tokens
@@ -196,6 +202,26 @@ class Chunker:
             else:
                 verified.extend((p.text, p.tokens) for p in self._token_windows(text, budget, ""))
         return verified
+
+    def _tail(self, piece: _Piece, limit: int) -> _Piece | None:
+        """The last whole words of ``piece`` within ``limit`` tokens; None if not even one word fits."""
+        if limit <= 0:
+            return None
+        text = piece.text
+        offsets = self._counter.token_offsets(text)
+        if len(offsets) <= limit:
+            return None
+        start = offsets[len(offsets) - limit][0]
+        if start > 0 and not text[start - 1].isspace():  # do not start in the middle of a word
+            gap = _SPACE.search(text, start)
+            if gap is None:
+                return None
+            start = gap.end()
+        tail = text[start:].strip()
+        if not tail:
+            return None
+        n = self._count(tail)
+        return _Piece(tail, n, "") if n <= limit else None
 
     @staticmethod
     def _emit(pieces: list[_Piece]) -> tuple[str, int]:

@@ -23,6 +23,8 @@ class NearDuplicateIndex:
         self._num_perm = num_perm
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._keys: set[str] = set()
+        # the hashing scheme of our own signatures; stored ones are restored with the same one
+        self._scheme = MinHash(num_perm=num_perm).scheme
 
     def signature(self, text: str) -> MinHash:
         m = MinHash(num_perm=self._num_perm)
@@ -34,7 +36,7 @@ class NearDuplicateIndex:
             hv = np.frombuffer(raw, dtype=np.uint64)
             if hv.shape[0] != self._num_perm:
                 continue
-            self.add(key, MinHash(num_perm=self._num_perm, hashvalues=hv))
+            self.add(key, MinHash(num_perm=self._num_perm, hashvalues=hv, scheme=self._scheme))
 
     def find(self, sig: MinHash, exclude: str | None = None) -> str | None:
         for key in self._lsh.query(sig):

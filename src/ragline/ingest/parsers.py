@@ -152,6 +152,14 @@ def _strip_md(text: str) -> str:
 # -- HTML --------------------------------------------------------------------------
 
 
+_HTML_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+# elements whose text continues the surrounding paragraph
+_HTML_INLINE = frozenset(
+    "a abbr acronym b bdi bdo big cite code data del dfn em font i img ins kbd label mark nobr q s samp "  # noqa: SIM905
+    "small span strike strong sub sup time tt u var wbr".split()
+)
+
+
 def parse_html(path: Path, doc_id: str) -> list[ParsedDocument]:
     from selectolax.lexbor import LexborHTMLParser
 
@@ -174,32 +182,54 @@ def parse_html(path: Path, doc_id: str) -> list[ParsedDocument]:
             sections.append(Section("\n\n".join(buf), heading_path=[h for _, h in stack]))
             buf.clear()
 
-    blocks = "h1,h2,h3,h4,h5,h6,p,li,pre,blockquote,td,th,dd,dt,figcaption"
-    for node in body.css(blocks):
-        tag = node.tag
-        # skip blocks nested in another matched block (e.g. <p> inside <li>) to avoid repeats
-        parent = node.parent
-        nested = False
-        while parent is not None and parent is not body:
-            if parent.tag in {"p", "li", "pre", "blockquote", "td", "th", "dd"}:
-                nested = True
-                break
-            parent = parent.parent
-        if nested:
+    # Walk the tree in document order. Inline elements and text nodes join the current
+    # paragraph; any other element (p, div, li, td, ...) starts and ends one, so text that
+    # sits directly in a <div> or <section> is kept and nothing is repeated.
+    inline: list[str] = []
+
+    def end_block() -> None:
+        content = " ".join("".join(inline).split())
+        inline.clear()
+        if content:
+            buf.append(content)
+
+    todo: list[Any] = list(reversed(list(body.iter(include_text=True))))
+    while todo:
+        node = todo.pop()
+        if node is None:
+            end_block()
             continue
-        content = node.text(separator=" ", strip=True)
-        if not content:
+        tag = node.tag or ""
+        if tag == "-text":
+            inline.append(node.text(deep=False) or "")
+        elif tag.startswith("-"):  # comments, doctype
             continue
-        if tag and tag[0] == "h" and tag[1:].isdigit():
+        elif tag in _HTML_HEADINGS:
+            end_block()
+            content = " ".join(node.text(separator=" ").split())
+            if not content:
+                continue
             flush()
-            level = int(tag[1:])
+            level = int(tag[1])
             if not title and level == 1:
                 title = content
             while stack and stack[-1][0] >= level:
                 stack.pop()
             stack.append((level, content))
+        elif tag == "pre":
+            end_block()
+            code = (node.text() or "").strip("\n")
+            if code.strip():
+                buf.append(code)
+        elif tag == "br":
+            end_block()
+        elif tag in _HTML_INLINE:
+            todo.extend(reversed(list(node.iter(include_text=True))))
         else:
-            buf.append(content)
+            end_block()
+            todo.append(None)
+            todo.extend(reversed(list(node.iter(include_text=True))))
+    end_block()
     flush()
     if not sections:
         whole = body.text(separator="\n", strip=True)

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, ConfigError, DocumentNotFound, InvalidFilter, RaglineError
 from ragline.server.errors import APIError, PayloadTooLarge
+from ragline.server.jobs import JobStore
+from ragline.server.knowledge import build_router
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest, error_body
 from ragline.server.serving import ChatService, EmbeddingService
 
@@ -27,6 +29,7 @@ class State:
         self.engine = engine
         self.chat = ChatService(engine, local_model)
         self.embeddings = EmbeddingService(engine, set())
+        self.jobs = JobStore()
         self.ready = False
 
 
@@ -149,6 +152,7 @@ def create_app(
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
         return await state.embeddings.embed(req)
 
+    app.include_router(build_router(engine, state.jobs, max_body_bytes))
     return app
 
 
