@@ -62,7 +62,9 @@ def main() -> None:
         )
         shutil.rmtree(data, ignore_errors=True)
     ratio = median(ingest_rates) / median(raw_rates)
-    print(f"median ingest {median(ingest_rates):.1f} chunks/s, raw {median(raw_rates):.1f}/s, ratio {ratio:.3f}")
+    print(
+        f"median ingest {median(ingest_rates):.1f} chunks/s, raw {median(raw_rates):.1f}/s, ratio {ratio:.3f}"
+    )
     write_result(
         "ingest_throughput",
         f".venv/bin/python -m bench.ingest_throughput --docs {args.docs} --rounds {args.rounds}",

@@ -124,11 +124,17 @@ def test_paragraph_prose(
     if overlap_tokens == 0:
         assert all(n == 0 for n in shared), "chunks overlap although overlap_tokens=0"
     else:
-        assert all(n > 0 for n in shared), f"consecutive chunks share no text: {shared}"
+        budget = min(chunk_tokens, embedder.max_tokens - 2 - embedder.count_tokens(["Doc"])[0])
         for c, nxt, n in zip(chunks, chunks[1:], shared, strict=False):
+            if n == 0:  # allowed only where the next chunk leaves no room for an overlap
+                assert nxt.n_tokens + overlap_tokens > budget, (
+                    f"chunks {c.index} and {nxt.index} share no text"
+                )
+                continue
             carried = " ".join(nxt.text.split()[:n])
             assert embedder.count_tokens([carried])[0] <= overlap_tokens
-            assert c.text.endswith(carried.split()[-1])
+            assert c.text.split()[-n:] == nxt.text.split()[:n]
+        assert sum(n > 0 for n in shared) >= 0.8 * len(shared)
 
 
 def test_huge_paragraph_without_punctuation(embedder: OnnxEmbedder) -> None:
@@ -244,8 +250,9 @@ def test_chunks_never_straddle_sections_and_keep_their_page(embedder: OnnxEmbedd
     )
     chunks = chunker(embedder, 64, 16).chunk(doc, "v1")
     assert_fits(chunks, embedder, 64)
-    by_page: dict[int | None, list[Chunk]] = {}
+    by_page: dict[int, list[Chunk]] = {}
     for c in chunks:
+        assert c.page is not None
         by_page.setdefault(c.page, []).append(c)
     assert sorted(by_page) == [1, 2, 3]
     for page, section_text in ((1, doc.sections[0].text), (2, doc.sections[1].text)):
@@ -285,8 +292,8 @@ def test_ingested_chunks_fit_the_model(
     """End to end: a Markdown file with a huge title, huge headings and a huge paragraph."""
     title = " ".join(unique_words(120, start=70_000))
     heading = " ".join(unique_words(150, start=80_000))
-    body = " ".join(unique_words(1500))
-    md = f"# {title}\n\n## {heading}\n\n{body}\n\n### {'y' * 2000}\n\n{prose(3, 5, 12, start=5000)}\n"
+    body = " ".join(unique_words(500))
+    md = f"# {title}\n\n## {heading}\n\n{body}\n\n### {'y' * 2000}\n\n{prose(2, 4, 10, start=5000)}\n"
     path = write_text(tmp_path / "huge.md", md)
     eng = make_engine(chunking={"chunk_tokens": 180, "overlap_tokens": 24})
     report = eng.ingest([path])

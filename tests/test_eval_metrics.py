@@ -48,10 +48,12 @@ def test_metrics_match_ranx(seed: int, graded: bool) -> None:
     ranx = pytest.importorskip("ranx")
     qrels, run = _random_case(seed, graded=graded)
     ours = evaluate(run, qrels, METRICS)
-    theirs = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), list(METRICS), return_mean=False)
+    ranx_run = ranx.Run(run)
+    ranx.evaluate(ranx.Qrels(qrels), ranx_run, list(METRICS))  # per-query values land in ranx_run.scores
     for m in METRICS:
-        np.testing.assert_allclose(ours.per_query[m], np.asarray(theirs[m]), rtol=1e-9, atol=1e-12, err_msg=m)
-        assert ours.means[m] == pytest.approx(float(np.mean(theirs[m])), abs=1e-12)
+        theirs = np.array([float(ranx_run.scores[m][q]) for q in ours.query_ids])
+        np.testing.assert_allclose(ours.per_query[m], theirs, rtol=1e-9, atol=1e-12, err_msg=m)
+        assert ours.means[m] == pytest.approx(float(theirs.mean()), abs=1e-12)
 
 
 def test_metrics_by_hand() -> None:
@@ -200,7 +202,8 @@ def test_eval_end_to_end_reuses_index(tmp_path: Path, settings: Settings, embedd
     for m in result.modes:
         assert set(m.metrics) == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
         assert m.ndcg_10 > 0.8, (m.mode, m.metrics)
-        assert m.recall_100 == 1.0  # all 20 documents are retrieved
+        # dense ranks all 20 documents; BM25 only those sharing a term with the query
+        assert m.recall_100 == 1.0 if m.mode != "bm25" else m.recall_100 >= 0.75
         assert 0 < m.latency_p50_ms <= m.latency_p95_ms
         assert set(m.per_query) == set(_QUERIES)
     doc = json.loads(json.dumps(result.to_dict()))

@@ -52,7 +52,7 @@ def test_bad_embedder_paths_say_what_is_wrong(settings: EmbedderSettings, messag
 def test_onnx_dir_without_tokenizer(tmp_path: Path) -> None:
     model, _ = minilm_paths()
     shutil.copy(model, tmp_path / "model.onnx")
-    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
         build_embedder(EmbedderSettings(kind="onnx_dir", path=tmp_path))
 
 
@@ -76,11 +76,11 @@ def test_bad_gguf_paths(tmp_path: Path) -> None:
 
 
 def test_settings_errors_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="chunking.overlap_tokens"):
+    with pytest.raises(ConfigError, match=r"chunking\.overlap_tokens"):
         load_settings(data_dir=tmp_path, chunking={"chunk_tokens": 100, "overlap_tokens": 200})
     bad = tmp_path / "bad.yaml"
     bad.write_text("retrieval:\n  mode: fuzzy\n")
-    with pytest.raises(ConfigError, match="retrieval.mode"):
+    with pytest.raises(ConfigError, match=r"retrieval\.mode"):
         load_settings(bad)
     bad.write_text("retrieval: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -62,7 +63,8 @@ def _print_report(report: IngestReport) -> None:
         t.add_row(k, str(v))
     console.print(t)
     for f in report.failed:
-        console.print(f"[red]failed[/red] {f.path}: {f.reason}")
+        # escape: a path like "draft [v2].txt" is not markup; soft_wrap: one line per file, never folded
+        console.print(f"[red]failed[/red] {escape(f.path)}: {escape(f.reason)}", soft_wrap=True)
 
 
 @app.command()

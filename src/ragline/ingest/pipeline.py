@@ -188,6 +188,12 @@ class Ingestor:
                 progress(Progress(done, max(total, done), report.chunks, time.perf_counter() - start))
 
         for doc in docs:
+            if any(p.record.doc_id == doc.doc_id for p in group):
+                # The same id twice in one run: commit the first, so that the second replaces it
+                # (prepared against the same old version, the first one's chunks would be orphaned).
+                self._write_group(group, report)
+                wrote = True
+                group, group_chunks = [], 0
             prepared = self._prepare(doc, report, seen_hashes)
             done += 1
             if prepared is None:
@@ -211,7 +217,9 @@ class Ingestor:
     def _prepare(
         self, doc: ParsedDocument, report: IngestReport, seen_hashes: dict[str, str]
     ) -> _Prepared | None:
-        chash = content_hash(f"{doc.title}\n{doc.text}")
+        # A title that is only the file name is not content: the same text under two names is a duplicate.
+        title = "" if doc.title == Path(doc.source).stem else doc.title
+        chash = content_hash(f"{title}\n{doc.text}")
         version = hashlib.sha256(
             f"{chash}|{json.dumps(doc.metadata, sort_keys=True, default=str)}|{self._fingerprint}".encode()
         ).hexdigest()[:20]

@@ -66,3 +66,15 @@ EMBEDDING_BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     registry=REGISTRY,
 )
+OVERHEAD = Histogram(
+    "ragline_overhead_seconds",
+    "Time a request spent in ragline itself (end-to-end latency minus time waiting for models/upstreams)",
+    ["route"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+EMBEDDING_QUEUE_DEPTH = Gauge(
+    "ragline_embedding_queue_depth",
+    "Embedding requests waiting for the dynamic batcher",
+    registry=REGISTRY,
+)
