@@ -9,9 +9,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ragline.errors import ConfigError
@@ -107,6 +116,206 @@ class ServerSettings(BaseModel):
     #: The name clients use for the embedded local LLM.
     local_model: str = Field("local", min_length=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Dynamic batching of /v1/embeddings: texts per model call, and how long the oldest waits for more.
+    embedding_batch_max_size: int = Field(64, ge=1, le=4096)
+    embedding_batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+
+
+# -- gateway ----------------------------------------------------------------------------
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$"
+
+
+class GatewayTimeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float = Field(5.0, gt=0.0, description="TCP/TLS connect to the upstream")
+    first_token_s: float = Field(60.0, gt=0.0, description="request sent -> first streamed chunk")
+    total_s: float = Field(600.0, gt=0.0, description="whole upstream call")
+
+
+class GatewayDeploymentSettings(BaseModel):
+    """One place a model runs: the embedded local model, or an OpenAI-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME_PATTERN, description="unique; used in metrics and logs")
+    kind: Literal["local", "openai"] = "openai"
+    #: For kind=openai: the API root, e.g. http://10.0.0.5:8000/v1
+    #: (requests go to {base_url}/chat/completions, probes to {base_url}/models).
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    #: Name of an environment variable holding the API key (read at start-up).
+    api_key_env: str | None = None
+    #: The upstream's model id (the request's `model` is rewritten to it); for kind=local the
+    #: name the answers carry (default "local").
+    model: str | None = None
+    weight: float = Field(1.0, gt=0.0, description="share of traffic under strategy=weighted")
+    timeouts: GatewayTimeouts = GatewayTimeouts()
+    max_connections: int = Field(100, ge=1, le=10000, description="pooled connections to this upstream")
+    #: Take part in active health probes (GET {base_url}/models).
+    health_check: bool = True
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> GatewayDeploymentSettings:
+        if self.kind == "openai":
+            if not self.base_url:
+                raise ValueError(
+                    f"deployment '{self.name}': kind openai needs base_url (e.g. http://host:8000/v1)"
+                )
+            url = urlsplit(self.base_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"deployment '{self.name}': base_url '{self.base_url}' is not an http(s) URL "
+                    "with a host, e.g. http://127.0.0.1:8000/v1"
+                )
+            if url.query or url.fragment:
+                raise ValueError(f"deployment '{self.name}': base_url must not carry a query or fragment")
+            if not self.model:
+                raise ValueError(
+                    f"deployment '{self.name}': kind openai needs model (the upstream's model id)"
+                )
+        elif self.base_url or self.api_key or self.api_key_env:
+            raise ValueError(f"deployment '{self.name}': kind local takes no base_url or api key")
+        if self.api_key_env and self.api_key is None:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ValueError(
+                    f"deployment '{self.name}': environment variable {self.api_key_env} "
+                    "(api_key_env) is not set"
+                )
+            self.api_key = SecretStr(value)
+        return self
+
+
+class GatewayModelSettings(BaseModel):
+    """A model name clients send, served by a group of deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[str] = Field(min_length=1)
+    strategy: Literal["round_robin", "least_in_flight", "weighted", "lowest_latency"] = "round_robin"
+    #: Model names tried in order when every deployment of this one is down, open or failed.
+    fallbacks: list[str] = []
+
+
+class GatewayRuleSettings(BaseModel):
+    """Route a request to a model group by task type, prompt size or cost tier (first match wins).
+
+    Conditions given together must all hold; a rule with no condition matches everything
+    (use it last, as the default of a virtual model such as ``auto``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The requested model name the rule applies to; unset = every gateway model. A name that
+    #: is not under `models` becomes a virtual model (listed by /v1/models).
+    model: str | None = None
+    #: Values of the `x-ragline-task` request header.
+    task: list[str] | None = None
+    #: Values of the `x-ragline-tier` request header.
+    tier: list[str] | None = None
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=0)
+    #: Prompt tokens, estimated as characters / 4.
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    #: The model group (a name under `models`) to send matching requests to.
+    group: str
+
+    def is_default(self) -> bool:
+        return all(
+            v is None
+            for v in (self.task, self.tier, self.min_chars, self.max_chars, self.min_tokens, self.max_tokens)
+        )
+
+
+class GatewayRetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Attempts per model group, the first included (connect errors, 429 and 5xx are retried).
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_base_s: float = Field(0.1, ge=0.0, description="full jitter: sleep U(0, min(max, base*2^n))")
+    backoff_max_s: float = Field(5.0, ge=0.0)
+    #: A Retry-After longer than this is not waited for (the deployment is skipped instead).
+    max_retry_after_s: float = Field(30.0, ge=0.0)
+
+
+class GatewayBreakerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(5, ge=1, description="open after this many failures in a row")
+    failure_rate: float = Field(0.5, gt=0.0, le=1.0, description="or this share of the window failing")
+    window: int = Field(20, ge=1, description="outcomes remembered for failure_rate")
+    min_requests: int = Field(10, ge=1, description="outcomes needed before failure_rate applies")
+    cooldown_s: float = Field(30.0, gt=0.0, description="open -> half-open (one probe request) after this")
+
+
+class GatewayHealthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(10.0, ge=0.0, description="active probe period; 0 disables active probes")
+    timeout_s: float = Field(2.0, gt=0.0)
+    unhealthy_after: int = Field(2, ge=1, description="failed probes in a row that take it out of rotation")
+    healthy_after: int = Field(1, ge=1, description="good probes in a row that bring it back")
+    #: Connect failures in a row on real traffic that take a probed deployment out until a probe succeeds.
+    passive_failures: int = Field(3, ge=1)
+
+
+class GatewaySettings(BaseModel):
+    """The LLM gateway: deployments, the model names that route to them, and resilience knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[GatewayDeploymentSettings] = []
+    models: dict[str, GatewayModelSettings] = {}
+    rules: list[GatewayRuleSettings] = []
+    retry: GatewayRetrySettings = GatewayRetrySettings()
+    breaker: GatewayBreakerSettings = GatewayBreakerSettings()
+    health: GatewayHealthSettings = GatewayHealthSettings()
+    #: Per-request deadline over every attempt and fallback (a request may lower it with the
+    #: `x-ragline-timeout` header, in seconds).
+    deadline_s: float = Field(120.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewaySettings:
+        names = [d.name for d in self.deployments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"deployment names must be unique; repeated: {', '.join(dupes)}")
+        known = ", ".join(names) or "(none defined under gateway.deployments)"
+        for model, m in self.models.items():
+            if model.startswith("rag/"):
+                raise ValueError(f"model '{model}': names starting with rag/ are reserved for collections")
+            for d in m.deployments:
+                if d not in names:
+                    raise ValueError(f"model '{model}' references unknown deployment '{d}'; defined: {known}")
+            for f in m.fallbacks:
+                if f not in self.models:
+                    raise ValueError(
+                        f"model '{model}' falls back to unknown model '{f}'; define it under gateway.models"
+                    )
+                if f == model:
+                    raise ValueError(f"model '{model}' lists itself as a fallback")
+        virtual: dict[str, bool] = {}
+        for i, r in enumerate(self.rules):
+            if r.group not in self.models:
+                raise ValueError(
+                    f"rules[{i}] routes to unknown model group '{r.group}'; define it under gateway.models"
+                )
+            if r.model is not None and r.model not in self.models:
+                if r.model.startswith("rag/"):
+                    raise ValueError(
+                        f"rules[{i}]: model names starting with rag/ are reserved for collections"
+                    )
+                virtual[r.model] = virtual.get(r.model, False) or r.is_default()
+        for name, has_default in virtual.items():
+            if not has_default:
+                raise ValueError(
+                    f"virtual model '{name}' has no default: add a last rule with model: {name}, "
+                    "no conditions and the group to use otherwise"
+                )
+        return self
 
 
 class Settings(BaseSettings):
@@ -121,6 +330,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -31,3 +31,11 @@ class InvalidFilter(RaglineError):
 
 class ModelLoadError(RaglineError):
     """An embedding model or LLM could not be loaded from its path."""
+
+
+class InvalidRequest(RaglineError):
+    """A model refused the parameters of a request (the caller's fault, not the server's)."""
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt and the requested completion do not fit in the model's context."""

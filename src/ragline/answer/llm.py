@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ragline.config import LLMSettings
 from ragline.embed.factory import package_dir
-from ragline.errors import ModelLoadError, RaglineError
+from ragline.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, RaglineError
 
 TokenCallback = Callable[[str], None]
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,6 +45,20 @@ class LLM(Protocol):
         seed: int | None = None,
         on_token: TokenCallback | None = None,
     ) -> Completion: ...
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> Completion:
+        """Continue raw text (no chat template): OpenAI's legacy completions."""
+        ...
 
 
 def smollm2_path() -> Path:
@@ -88,24 +102,41 @@ class LlamaCppLLM:
         seed: int | None = None,
         on_token: TokenCallback | None = None,
     ) -> Completion:
-        request: dict[str, Any] = {
-            "messages": list(messages),
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if top_p is not None:
-            request["top_p"] = top_p
-        if stop:
-            request["stop"] = list(stop)
-        if seed is not None:
-            request["seed"] = seed
+        request = _sampling(max_tokens, temperature, top_p, stop, seed)
+        request["messages"] = list(messages)
+        return self._generate(self._server.handle_chat_completions, request, on_token, chat=True)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> Completion:
+        request = _sampling(max_tokens, temperature, top_p, stop, seed)
+        request["prompt"] = prompt
+        return self._generate(self._server.handle_completions, request, on_token, chat=False)
+
+    def _generate(
+        self,
+        handler: Callable[..., Any],
+        request: dict[str, Any],
+        on_token: TokenCallback | None,
+        *,
+        chat: bool,
+    ) -> Completion:
+        """One llama.cpp server call; chat and text completions differ only in where the text is."""
         if on_token is None:
-            result = self._server.handle_chat_completions(request)
+            result = _call(handler, request)
             _raise_on_error(result)
             choice = result["choices"][0]
             usage = result.get("usage", {})
             return Completion(
-                text=choice["message"].get("content") or "",
+                text=(choice["message"].get("content") if chat else choice.get("text")) or "",
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 finish_reason=str(choice.get("finish_reason") or "stop"),
@@ -120,7 +151,7 @@ class LlamaCppLLM:
                 state["error"] = chunk
                 return
             for choice in chunk.get("choices", []):
-                delta = choice.get("delta", {}).get("content")
+                delta = choice.get("delta", {}).get("content") if chat else choice.get("text")
                 if delta:
                     parts.append(delta)
                     on_token(delta)
@@ -135,7 +166,7 @@ class LlamaCppLLM:
                 state["prompt"] = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))
                 state["completion"] = int(timings.get("predicted_n", 0))
 
-        result = self._server.handle_chat_completions(request, callback)
+        result = _call(handler, request, callback)
         if state["error"] is not None:
             _raise_on_error(state["error"])
         if isinstance(result, dict):
@@ -143,10 +174,35 @@ class LlamaCppLLM:
         return Completion("".join(parts), state["prompt"], state["completion"], state["finish"])
 
 
+def _sampling(
+    max_tokens: int, temperature: float, top_p: float | None, stop: Sequence[str] | None, seed: int | None
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if top_p is not None:
+        request["top_p"] = top_p
+    if stop:
+        request["stop"] = list(stop)
+    if seed is not None:
+        request["seed"] = seed
+    return request
+
+
+def _call(handler: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return handler(*args)
+    except (TypeError, ValueError, OverflowError) as e:  # xllamacpp's conversion of the request failed
+        raise InvalidRequest(f"the model cannot take this request: {e}") from e
+
+
 def _raise_on_error(result: Any) -> None:
     if isinstance(result, dict) and "error" in result:
         err = result["error"]
         msg = err.get("message") if isinstance(err, dict) else str(err)
+        kind = err.get("type") if isinstance(err, dict) else None
+        if kind == "exceed_context_size_error":
+            raise ContextLengthExceeded(f"LLM error: {msg}")
+        if kind == "invalid_request_error" or (isinstance(err, dict) and err.get("code") == 400):
+            raise InvalidRequest(f"LLM error: {msg}")
         raise RaglineError(f"LLM error: {msg}")
 
 

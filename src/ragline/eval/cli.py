@@ -42,7 +42,7 @@ def retrieval(
     ] = 200,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="JSON results [default: eval-results/<dataset>-<split>.json]"),
+        typer.Option("--out", "-o", help="JSON results file (default: eval-results/<dataset>-<split>.json)"),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
 ) -> None:

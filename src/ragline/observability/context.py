@@ -83,6 +83,9 @@ class RequestStats:
         self.prompt_tokens += prompt
         self.completion_tokens += completion
 
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()

@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from ragline.engine import Engine
-from ragline.errors import CollectionNotFound, ConfigError, DocumentNotFound, InvalidFilter, RaglineError
-from ragline.server.errors import APIError, PayloadTooLarge
+from ragline.errors import (
+    CollectionNotFound,
+    ConfigError,
+    ContextLengthExceeded,
+    DocumentNotFound,
+    InvalidFilter,
+    InvalidRequest,
+    RaglineError,
+)
+from ragline.gateway import build_router as build_gateway
+from ragline.observability.context import RequestStats, activate, current
+from ragline.observability.metrics import REGISTRY
+from ragline.server import model_threads
+from ragline.server.body_limit import BodyLimitMiddleware
+from ragline.server.completions import CompletionService
+from ragline.server.errors import APIError, BadRequest, ModelNotFound
 from ragline.server.jobs import JobStore
 from ragline.server.knowledge import build_router
-from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest, error_body
+from ragline.server.metrics_mw import MetricsMiddleware, observe_usage
+from ragline.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    StreamOptions,
+    error_body,
+)
 from ragline.server.serving import ChatService, EmbeddingService
 
 EMBEDDING_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -27,8 +51,19 @@ EMBEDDING_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2
 class State:
     def __init__(self, engine: Engine, local_model: str) -> None:
         self.engine = engine
-        self.chat = ChatService(engine, local_model)
-        self.embeddings = EmbeddingService(engine, set())
+        # the gateway's model names, routed to upstream (and local) deployments
+        self.gateway = build_gateway(
+            engine.settings, lambda: engine.llm, run_in_thread=lambda fn: model_threads.run_model(engine, fn)
+        )
+        self.chat = ChatService(engine, local_model, self.gateway)
+        s = engine.settings.server
+        self.embeddings = EmbeddingService(
+            engine,
+            set(),
+            max_batch_size=s.embedding_batch_max_size,
+            max_wait_ms=s.embedding_batch_max_wait_ms,
+        )
+        self.completions = CompletionService(engine, local_model)
         self.jobs = JobStore()
         self.ready = False
 
@@ -54,9 +89,13 @@ def create_app(
             state.ready = True
 
         loader = asyncio.create_task(asyncio.to_thread(load))
+        await state.gateway.start()
         yield
+        await state.gateway.aclose()
         if not loader.done():
             loader.cancel()
+        await state.embeddings.batcher.close()
+        model_threads.shutdown(engine)
         await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="ragline", version="0.1.0", lifespan=lifespan)
@@ -90,24 +129,26 @@ def create_app(
     async def _ragline(_: Request, e: RaglineError) -> JSONResponse:
         if isinstance(e, CollectionNotFound | DocumentNotFound):
             return _error(404, str(e), "not_found_error")
-        if isinstance(e, InvalidFilter | ConfigError):
+        if isinstance(e, ContextLengthExceeded):
+            return _error(400, str(e), "invalid_request_error", code="context_length_exceeded")
+        if isinstance(e, InvalidFilter | ConfigError | InvalidRequest):
             return _error(400, str(e), "invalid_request_error")
         return _error(500, str(e), "server_error")
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > max_body_bytes
-            except ValueError:
-                return _error(400, "invalid Content-Length", "invalid_request_error")
-            if too_big:
-                e = PayloadTooLarge(f"request body exceeds {max_body_bytes} bytes")
-                return _error(e.status, e.message, e.type)
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        # a bug: still an OpenAI-shaped body (the traceback goes to the server log)
+        return _error(500, "internal server error", "server_error")
+
+    # pure ASGI middleware (the last added runs first): metrics see every request, 413s included
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, templates=lambda: _route_templates(app))
 
     # -- health -------------------------------------------------------------------------
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -129,31 +170,126 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatCompletionRequest) -> Response | dict[str, Any]:
+    async def chat(req: ChatCompletionRequest, request: Request) -> Response | dict[str, Any]:
         if not req.stream:
-            return await state.chat.complete(req)
-        gen = state.chat.stream(req)
-        first = await anext(gen)  # errors before the first chunk become proper HTTP errors
+            return await _observed(req.model, state.chat.complete(req, request.headers))
+        wants_usage = _force_usage(req)
+        return await _streaming(req.model, state.chat.stream(req, request.headers), wants_usage)
 
-        async def sse() -> AsyncIterator[bytes]:
-            yield _sse(first)
-            try:
-                async for chunk in gen:
-                    yield _sse(chunk)
-            except APIError as e:
-                yield _sse(error_body(e.message, e.type, e.param, e.code))
-            except RaglineError as e:
-                yield _sse(error_body(str(e), "server_error"))
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> Response | dict[str, Any]:
+        if not req.stream:
+            return await _observed(req.model, state.completions.complete(req))
+        wants_usage = _force_usage(req)
+        return await _streaming(req.model, state.completions.stream(req), wants_usage)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
-        return await state.embeddings.embed(req)
+        return await _observed(req.model, state.embeddings.embed(req))
+
+    @app.post("/v1/async/chat/completions", status_code=202)
+    async def async_chat(req: ChatCompletionRequest) -> dict[str, Any]:
+        """Submit a chat completion as a job; poll ``GET /v1/jobs/{id}``, its result is the completion."""
+        if req.stream:
+            raise BadRequest("async jobs do not stream; poll GET /v1/jobs/{id}", param="stream")
+        if req.model not in await asyncio.to_thread(state.chat.models):
+            raise ModelNotFound(req.model)
+
+        async def work() -> dict[str, Any]:
+            stats = RequestStats()
+            activate(stats)  # the job's own context: its tokens are counted like a request's
+            body = await state.chat.complete(req)
+            observe_usage(req.model, stats.deployment, body.get("usage"))
+            return body
+
+        return state.jobs.submit_async("chat.completion", work).to_dict()
 
     app.include_router(build_router(engine, state.jobs, max_body_bytes))
     return app
+
+
+def _route_templates(app: FastAPI) -> list[str]:
+    """Every path template the app serves (the metrics' route label set)."""
+    paths = [r.path for r in app.routes if isinstance(r, Route)]  # top level, in or out of the schema
+    with contextlib.suppress(Exception):  # metrics must never break serving
+        paths.extend(app.openapi()["paths"])  # included routers, with their prefixes
+    return paths
+
+
+async def _observed(model: str, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Await a service call and label the request's metrics with its model and token usage."""
+    stats = current()
+    try:
+        body = await call
+    except BaseException:
+        if stats is not None and stats.deployment:  # a model was called, so the name is a served one
+            stats.model = model
+        raise
+    if stats is not None:
+        stats.model = model
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            stats.add_tokens(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return body
+
+
+def _force_usage(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    """Ask the service for the usage chunk (for the token metrics); True if the client asked too."""
+    wanted = bool(req.stream_options and req.stream_options.include_usage)
+    if not wanted:
+        req.stream_options = StreamOptions(include_usage=True)
+    return wanted
+
+
+def _has_text(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    if not choices:
+        return False
+    c = choices[0]
+    return bool(c.get("text") or (c.get("delta") or {}).get("content"))
+
+
+async def _streaming(model: str, gen: AsyncIterator[dict[str, Any]], wants_usage: bool) -> Response:
+    """SSE response for a chunk stream; errors before the first chunk become proper HTTP errors."""
+    stats = current()
+    try:
+        first = await anext(gen)
+    except BaseException:
+        if stats is not None and stats.deployment:
+            stats.model = model
+        raise
+    if stats is not None:
+        stats.model = model
+
+    def encode(chunk: dict[str, Any]) -> bytes | None:
+        usage = chunk.get("usage")
+        if usage and not chunk.get("choices"):  # the usage chunk, last before [DONE]
+            if stats is not None:
+                stats.add_tokens(
+                    int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                )
+            if not wants_usage:
+                return None
+        elif stats is not None and stats.first_token_at is None and _has_text(chunk):
+            stats.mark_first_token()
+        return _sse(chunk)
+
+    async def sse() -> AsyncIterator[bytes]:
+        data = encode(first)
+        if data is not None:
+            yield data
+        try:
+            async for chunk in gen:
+                data = encode(chunk)
+                if data is not None:
+                    yield data
+        except APIError as e:
+            yield _sse(error_body(e.message, e.type, e.param, e.code))
+        except RaglineError as e:
+            yield _sse(error_body(str(e), "server_error"))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

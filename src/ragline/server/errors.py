@@ -42,3 +42,25 @@ class PayloadTooLarge(APIError):
 class ServiceUnavailable(APIError):
     status = 503
     type = "service_unavailable"
+
+
+class GatewayTimeout(APIError):
+    status = 504
+    type = "timeout_error"
+
+
+class UpstreamFailed(APIError):
+    """An upstream's own error answer, passed through with its HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        self.type = type_

@@ -1,11 +1,13 @@
-"""Background jobs (ingestion) with progress, polled by id."""
+"""Background jobs (ingestion, async chat completions) with progress, polled by id."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +50,7 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._keep = keep
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -74,6 +77,30 @@ class JobStore:
                 job.finished_at = time.time()
 
         threading.Thread(target=run, name=job.id, daemon=True).start()
+        return job
+
+    def submit_async(self, kind: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> Job:
+        """Run ``work`` as a task on the running event loop (jobs that await rather than block)."""
+        job = Job(id="job-" + uuid.uuid4().hex[:20], kind=kind)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._trim()
+
+        async def run() -> None:
+            job.status = "running"
+            try:
+                job.result = await work()
+                job.status = "succeeded"
+            except Exception as e:  # the job reports any failure; the server keeps going
+                job.error = f"{type(e).__name__}: {e}"
+                job.status = "failed"
+            finally:
+                job.finished_at = time.time()
+
+        # a fresh context: the job outlives the request that submitted it
+        task = asyncio.get_running_loop().create_task(run(), name=job.id, context=contextvars.Context())
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
         return job
 
     def _trim(self) -> None:

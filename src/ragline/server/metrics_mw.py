@@ -12,12 +12,13 @@ actually served (see :mod:`ragline.observability.context`).
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.metrics import Counter, Gauge, Histogram
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline.observability.context import RequestStats, activate, deactivate
@@ -34,41 +35,43 @@ OVERHEAD_HEADER = b"x-ragline-overhead-ms"
 
 
 class _RouteLabels:
-    """Maps a request to its route template; static paths are one dict lookup."""
+    """Maps a request path to its route template; static paths are one dict lookup.
 
-    def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self._routes = routes
+    Built on first use from ``templates()`` (every served path template), so routes
+    added after the middleware was installed are known too.
+    """
+
+    def __init__(self, templates: Callable[[], Iterable[str]]) -> None:
+        self._templates = templates
         self._static: dict[str, str] | None = None
-        self._dynamic: list[Route] = []
+        self._dynamic: list[tuple[re.Pattern[str], str]] = []
 
     def _build(self) -> dict[str, str]:
         static: dict[str, str] = {}
-        for r in self._routes:
-            if isinstance(r, Route):
-                if r.param_convertors:
-                    self._dynamic.append(r)
-                else:
-                    static[r.path] = r.path
+        for t in sorted(set(self._templates())):
+            if "{" in t:
+                regex, _, _ = compile_path(t)
+                self._dynamic.append((regex, t))
+            else:
+                static[t] = t
         self._static = static
         return static
 
-    def __call__(self, scope: Scope) -> str:
+    def __call__(self, path: str) -> str:
         static = self._static if self._static is not None else self._build()
-        path: str = scope["path"]
         hit = static.get(path)
         if hit is not None:
             return hit
-        for r in self._dynamic:
-            match, _ = r.matches(scope)
-            if match is not Match.NONE:
-                return r.path
+        for regex, template in self._dynamic:
+            if regex.match(path):
+                return template
         return "other"
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, templates: Callable[[], Iterable[str]]) -> None:
         self.app = app
-        self._route_of = _RouteLabels(routes)
+        self._route_of = _RouteLabels(templates)
         # label children are cached: prometheus_client's labels() takes a lock and builds tuples
         self._in_flight: dict[str, Gauge] = {}
         self._requests: dict[tuple[str, str, str, str], Counter] = {}
@@ -79,7 +82,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self._route_of(scope)
+        route = self._route_of(scope["path"])
         stats = RequestStats()
         token = activate(stats)
         in_flight = self._in_flight.get(route)
@@ -124,16 +127,16 @@ class MetricsMiddleware:
         overhead.observe(stats.overhead_seconds(now))
         if stats.first_token_at is not None:
             TIME_TO_FIRST_TOKEN.labels(model, deployment).observe(stats.first_token_at - stats.start)
-        if stats.prompt_tokens:
-            TOKENS.labels(model, deployment, "prompt").inc(stats.prompt_tokens)
-        if stats.completion_tokens:
-            TOKENS.labels(model, deployment, "completion").inc(stats.completion_tokens)
+        if stats.prompt_tokens or stats.completion_tokens:
+            observe_usage(model, deployment, stats.usage())
 
 
-def metrics_labels(stats: RequestStats | None, model: str, usage: Any = None) -> None:
-    """Set the model label and token counts of a served request (``usage``: an OpenAI usage dict)."""
-    if stats is None:
+def observe_usage(model: str, deployment: str, usage: Any) -> None:
+    """Count the tokens of work done outside an HTTP request (async jobs); ``usage``: OpenAI's dict."""
+    if not isinstance(usage, dict):
         return
-    stats.model = model
-    if isinstance(usage, dict):
-        stats.add_tokens(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    if prompt:
+        TOKENS.labels(model, deployment, "prompt").inc(prompt)
+    if completion:
+        TOKENS.labels(model, deployment, "completion").inc(completion)

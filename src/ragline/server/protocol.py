@@ -10,6 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: What the model runtime can represent (llama.cpp: a 32-bit token count, a 64-bit seed).
+MAX_TOKENS_LIMIT = 2**31 - 1
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -52,10 +56,10 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = Field(1, ge=1)
     user: str | None = None
     rag: RagOptions | None = None
@@ -81,6 +85,61 @@ class ChatCompletionRequest(BaseModel):
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy ``/v1/completions``: one prompt, one choice."""
+
+    model_config = ConfigDict(extra="allow")  # logit_bias, penalties, ... are accepted and ignored
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for this endpoint
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    n: int = Field(1, ge=1)
+    best_of: int | None = None
+    user: str | None = None
+
+    @field_validator("n", "best_of")
+    @classmethod
+    def _only_one_choice(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
+            raise ValueError("only one choice per request is supported")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: int | None) -> int | None:
+        if v:
+            raise ValueError("logprobs are not supported")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not supported")
+        return v
+
+    def stop_list(self) -> list[str] | None:
+        if self.stop is None:
+            return None
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class EmbeddingRequest(BaseModel):

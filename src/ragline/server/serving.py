@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,12 @@ import numpy as np
 from ragline.answer.llm import Completion
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, RaglineError
+from ragline.gateway import Router
+from ragline.observability.context import current, upstream
+from ragline.server import gateway as routed
+from ragline.server.batching import DynamicBatcher
 from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
+from ragline.server.model_threads import run_model
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
 from ragline.types import Answer
 
@@ -43,12 +49,20 @@ def _map_llm_error(e: RaglineError) -> Exception:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, local_model: str) -> None:
+    def __init__(self, engine: Engine, local_model: str, gateway: Router | None = None) -> None:
         self._engine = engine
         self.local_model = local_model
+        #: Routes the gateway's model names (non-RAG chat) to their deployments.
+        self.gateway = gateway
 
     def models(self) -> list[str]:
-        return [self.local_model, *(RAG_PREFIX + c for c in self._engine.collections())]
+        gateway_models = self.gateway.models() if self.gateway is not None else []
+        return [self.local_model, *gateway_models, *(RAG_PREFIX + c for c in self._engine.collections())]
+
+    def _routed(self, req: ChatCompletionRequest) -> Router | None:
+        """The gateway when it serves this model name (the local model and rag/ names never are)."""
+        gw = self.gateway
+        return gw if gw is not None and gw.handles(req.model) else None
 
     def _resolve(self, req: ChatCompletionRequest) -> str | None:
         """None for the local model, else the RAG collection to answer from."""
@@ -72,12 +86,16 @@ class ChatService:
 
     # -- non-streaming -------------------------------------------------------------------
 
-    async def complete(self, req: ChatCompletionRequest) -> dict[str, Any]:
+    async def complete(
+        self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        if (router := self._routed(req)) is not None:
+            return await routed.complete(router, req, headers)
         collection = self._resolve(req)
         if collection is not None:
             answer = await self._answer(req, collection, None)
             return self._rag_response(req, answer)
-        completion = await asyncio.to_thread(self._chat, req, None)
+        completion = await run_model(self._engine, self._chat, req, None)
         return {
             "id": _chat_id(),
             "object": "chat.completion",
@@ -99,15 +117,16 @@ class ChatService:
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
         ]
         try:
-            return self._engine.llm.chat(
-                messages,
-                max_tokens=req.token_limit(cfg.max_tokens),
-                temperature=cfg.temperature if req.temperature is None else req.temperature,
-                top_p=req.top_p,
-                stop=req.stop_list(),
-                seed=req.seed,
-                on_token=on_token,
-            )
+            with upstream("local"):
+                return self._engine.llm.chat(
+                    messages,
+                    max_tokens=req.token_limit(cfg.max_tokens),
+                    temperature=cfg.temperature if req.temperature is None else req.temperature,
+                    top_p=req.top_p,
+                    stop=req.stop_list(),
+                    seed=req.seed,
+                    on_token=on_token,
+                )
         except RaglineError as e:
             raise _map_llm_error(e) from e
 
@@ -115,7 +134,8 @@ class ChatService:
         question = self._question(req)
         rag = req.rag
         try:
-            return await asyncio.to_thread(
+            answer = await run_model(
+                self._engine,
                 self._engine.answer,
                 question,
                 collection=collection,
@@ -128,6 +148,10 @@ class ChatService:
             raise ModelNotFound(req.model) from e
         except RaglineError as e:
             raise _map_llm_error(e) from e
+        stats = current()
+        if stats is not None:  # retrieval is ragline's own time; generation is the model's
+            stats.add_upstream(answer.usage.generation_ms / 1000.0, "local")
+        return answer
 
     def _rag_response(self, req: ChatCompletionRequest, answer: Answer) -> dict[str, Any]:
         d = answer.to_dict()
@@ -150,8 +174,15 @@ class ChatService:
 
     # -- streaming -----------------------------------------------------------------------
 
-    async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Yield chat.completion.chunk dicts; validation errors raise before the first yield."""
+        if (router := self._routed(req)) is not None:
+            async with contextlib.aclosing(routed.stream(router, req, headers)) as chunks:
+                async for part in chunks:
+                    yield part
+            return
         collection = self._resolve(req)
         if collection is not None:
             self._question(req)
@@ -165,7 +196,7 @@ class ChatService:
             try:
                 if collection is not None:
                     return await self._answer(req, collection, on_token)
-                return await asyncio.to_thread(self._chat, req, on_token)
+                return await run_model(self._engine, self._chat, req, on_token)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
@@ -221,9 +252,22 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 class EmbeddingService:
-    def __init__(self, engine: Engine, model_names: set[str]) -> None:
+    def __init__(
+        self, engine: Engine, model_names: set[str], *, max_batch_size: int = 64, max_wait_ms: float = 2.0
+    ) -> None:
         self._engine = engine
         self.model_names = model_names
+        # concurrent requests share one model call (dynamic batching), off the event loop
+        self.batcher: DynamicBatcher[tuple[Any, int]] = DynamicBatcher(
+            self._embed_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name="embed-batch"
+        )
+
+    def _embed_batch(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """One model call for a batch: (vector, billed tokens) per text."""
+        embedder = self._engine.embedder
+        vectors = embedder.embed_documents(texts)
+        counts = embedder.count_tokens(texts)
+        return [(vectors[i], min(n + 2, embedder.max_tokens)) for i, n in enumerate(counts)]
 
     async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
         if req.model not in self.model_names:
@@ -238,11 +282,13 @@ class EmbeddingService:
             raise BadRequest("input strings must not be empty", param="input")
         if req.dimensions is not None and req.dimensions != self._engine.embedder.dim:
             raise BadRequest(f"this model has {self._engine.embedder.dim} dimensions", param="dimensions")
-        embedder = self._engine.embedder
-        vectors = await asyncio.to_thread(embedder.embed_documents, texts)
-        tokens = sum(min(n + 2, embedder.max_tokens) for n in embedder.count_tokens(texts))
+        results, model_seconds = await self.batcher.submit(texts)
+        stats = current()
+        if stats is not None:
+            stats.add_upstream(model_seconds, "local")
+        tokens = sum(n for _, n in results)
         data = []
-        for i, v in enumerate(vectors):
+        for i, (v, _) in enumerate(results):
             emb: Any = (
                 base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
                 if req.encoding_format == "base64"

@@ -1,0 +1,202 @@
+"""The embedded local model (llama.cpp, in-process) as a deployment.
+
+Every model call runs in a worker thread (``asyncio.to_thread`` unless the server hands in
+its bounded LLM thread pool; llama.cpp releases the GIL), never on the event loop.
+Streaming bridges the model's token callback to an asyncio queue. The model is taken from
+a factory on first use, so building the gateway does not load it. What the local model
+cannot honour (tools, response_format, ...) is ignored.
+
+A generation already running in its thread cannot be interrupted: when the client goes
+away the answer is dropped, and the slot frees itself at ``max_tokens`` at the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from ragline.answer.llm import LLM, Completion, TokenCallback
+from ragline.errors import RaglineError
+from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
+from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
+
+_DONE = object()
+
+#: Runs a blocking model call in a worker thread (the server passes its bounded LLM pool).
+ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
+
+
+async def _to_thread(fn: Callable[[], Completion]) -> Completion:
+    return await asyncio.to_thread(fn)
+
+
+class LocalDeployment:
+    kind = "local"
+
+    def __init__(
+        self,
+        name: str,
+        llm: Callable[[], LLM],
+        *,
+        model: str = "local",
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        run_in_thread: ThreadRunner | None = None,
+    ) -> None:
+        self._name = name
+        self._run_in_thread = run_in_thread or _to_thread
+        self._model = model
+        self._llm = llm
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self.timeouts = timeouts
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
+        limit = min(self.timeouts.total, budget)
+        try:
+            async with asyncio.timeout(limit):
+                c = await self._run_in_thread(functools.partial(self._generate, body, None))
+        except TimeoutError as e:
+            raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
+        return {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason,
+                }
+            ],
+            "usage": _usage(c),
+        }
+
+    async def stream(self, body: dict[str, Any], *, budget: float) -> AsyncGenerator[dict[str, Any], None]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + min(self.timeouts.total, budget)
+        first_by = min(end, start + self.timeouts.first_token)
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def on_token(tok: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, tok)
+
+        async def run() -> Completion:
+            try:
+                return await self._run_in_thread(functools.partial(self._generate, body, on_token))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        task = asyncio.create_task(run())
+        cid, created = _completion_id(), int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self._model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        started = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                try:
+                    async with asyncio.timeout_at(end if started else first_by):
+                        item = await queue.get()
+                except TimeoutError as e:
+                    what = "total" if started else "first token"
+                    raise UpstreamTimeout(
+                        self._name, f"{what} timeout after {loop.time() - start:.2f} s"
+                    ) from e
+                if item is _DONE:
+                    break
+                started = True
+                yield chunk({"content": item})
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        yield chunk({}, result.finish_reason)
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            yield {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self._model,
+                "choices": [],
+                "usage": _usage(result),
+            }
+
+    async def probe(self, timeout: float) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _generate(self, body: dict[str, Any], on_token: TokenCallback | None) -> Completion:
+        messages = [
+            {"role": "system" if m.get("role") == "developer" else str(m.get("role")), "content": _text(m)}
+            for m in body.get("messages") or ()
+            if isinstance(m, dict)
+        ]
+        stop = body.get("stop")
+        temperature = body.get("temperature")
+        try:
+            return self._llm().chat(
+                messages,
+                max_tokens=int(
+                    body.get("max_completion_tokens") or body.get("max_tokens") or self._max_tokens
+                ),
+                temperature=self._temperature if temperature is None else float(temperature),
+                top_p=body.get("top_p"),
+                stop=[stop] if isinstance(stop, str) else stop,
+                seed=body.get("seed"),
+                on_token=on_token,
+            )
+        except RaglineError as e:
+            msg = str(e)
+            status = 400 if "context" in msg.lower() or "exceed" in msg.lower() else 500
+            code = "context_length_exceeded" if status == 400 else None
+            raise UpstreamStatusError(self._name, status, {"message": msg, "code": code}) from e
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _usage(c: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+    }
+
+
+def _completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]

@@ -1,0 +1,221 @@
+"""An OpenAI-compatible server as a deployment (vLLM, llama.cpp server, Ollama, hosted APIs, ragline).
+
+One pooled ``httpx.AsyncClient`` per deployment, kept for the process's life: connections
+are reused across requests (no TCP/TLS handshake on the hot path) and bounded by
+``max_connections``. The request body goes out as the client sent it, only ``model``
+rewritten (the router does that). Timeouts: connect (httpx), time to first chunk and total
+(asyncio deadlines, also capped by what is left of the request's own deadline).
+
+Streaming reads the SSE body line by line. Closing the iterator closes the response, which
+closes the connection mid-body: the upstream sees the client go away and stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx
+
+from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
+from ragline.gateway.errors import (
+    UpstreamConnectError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from ragline.gateway.retry import parse_retry_after
+from ragline.gateway.sse import SSEDecoder
+
+_DONE = "[DONE]"
+#: Seconds to wait for the end of the body after [DONE].
+_DRAIN_S = 0.5
+
+
+class OpenAIDeployment:
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._name = name
+        self._model = model
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        headers = {"accept": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            # Upstreams are named explicitly; proxy variables meant for other traffic must not apply.
+            trust_env=False,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    # -- non-streaming -------------------------------------------------------------------
+
+    async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
+        limit = min(self.timeouts.total, budget)
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._client.post("chat/completions", json=body)
+        except TimeoutError as e:
+            raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from e
+        if response.status_code >= 400:
+            raise _status_error(self._name, response)
+        try:
+            result = response.json()
+        except ValueError as e:
+            raise UpstreamProtocolError(self._name, "the answer is not JSON") from e
+        if not isinstance(result, dict) or "choices" not in result:
+            raise UpstreamProtocolError(self._name, "the answer is not a chat.completion object")
+        return result
+
+    # -- streaming -----------------------------------------------------------------------
+
+    async def stream(self, body: dict[str, Any], *, budget: float) -> AsyncGenerator[dict[str, Any], None]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + min(self.timeouts.total, budget)
+        first_by = min(end, start + self.timeouts.first_token)
+        request = self._client.build_request("POST", "chat/completions", json=body)
+        try:
+            async with asyncio.timeout_at(first_by):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError as e:
+            raise UpstreamTimeout(self._name, f"no response within {first_by - start:.2f} s") from e
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from e
+        try:
+            if response.status_code >= 400:
+                try:
+                    async with asyncio.timeout_at(end):
+                        await response.aread()
+                except (TimeoutError, httpx.HTTPError) as e:
+                    raise UpstreamStatusError(self._name, response.status_code) from e
+                raise _status_error(self._name, response)
+            async for chunk in self._events(response, start, first_by, end):
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def _events(
+        self, response: httpx.Response, start: float, first_by: float, end: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        lines = response.aiter_lines()
+        started = finished = False
+        while True:
+            limit = end if started else first_by
+            pending: str | None
+            try:
+                async with asyncio.timeout_at(limit):
+                    line = await anext(lines)
+            except StopAsyncIteration:
+                data = decoder.flush()
+                if data is None or data == _DONE:
+                    break
+                pending = data
+            except TimeoutError as e:
+                what = "total" if started else "first token"
+                raise UpstreamTimeout(self._name, f"stream {what} timeout after {limit - start:.2f} s") from e
+            except httpx.HTTPError as e:
+                raise UpstreamDisconnected(self._name, f"the stream broke: {e or type(e).__name__}") from e
+            else:
+                pending = decoder.feed(line)
+            if pending is None:
+                continue
+            if pending == _DONE:
+                await _drain(lines)
+                return
+            try:
+                chunk = json.loads(pending)
+            except ValueError as e:
+                raise UpstreamProtocolError(self._name, "a stream event is not JSON") from e
+            if not isinstance(chunk, dict):
+                raise UpstreamProtocolError(self._name, "a stream event is not a JSON object")
+            if "error" in chunk:
+                err = chunk["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamDisconnected(self._name, f"the upstream ended the stream with an error: {msg}")
+            started = True
+            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+            yield chunk
+        if not finished:
+            raise UpstreamDisconnected(self._name, "the stream ended before the answer was complete")
+
+    # -- health, lifecycle ----------------------------------------------------------------
+
+    async def probe(self, timeout: float) -> None:
+        try:
+            response = await self._client.get("models", timeout=timeout)
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from e
+        if response.status_code >= 400:
+            raise UpstreamStatusError(self._name, response.status_code)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _transport_error(self, e: httpx.HTTPError) -> UpstreamError:
+        reason = str(e) or type(e).__name__
+        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+            return UpstreamConnectError(self._name, f"cannot connect to {self.base_url}: {reason}")
+        if isinstance(e, httpx.TimeoutException):
+            return UpstreamTimeout(self._name, f"timed out: {reason}")
+        if isinstance(e, httpx.TransportError):
+            return UpstreamDisconnected(self._name, f"connection lost before the answer: {reason}")
+        return UpstreamProtocolError(self._name, reason)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the end of the body after [DONE], so the connection goes back to the pool instead of closing."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in lines:
+                pass
+
+
+def _status_error(name: str, response: httpx.Response) -> UpstreamStatusError:
+    error: dict[str, Any] | None = None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict):
+            error = err
+        elif isinstance(err, str):
+            error = {"message": err}
+        elif isinstance(payload.get("detail"), str):
+            error = {"message": payload["detail"]}
+    return UpstreamStatusError(
+        name, response.status_code, error, retry_after=parse_retry_after(response.headers.get("retry-after"))
+    )

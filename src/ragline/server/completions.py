@@ -1,0 +1,122 @@
+"""OpenAI's legacy text completions (``/v1/completions``) on the local model.
+
+Testable without HTTP, like serving.py: validated request in, OpenAI-shaped
+``text_completion`` dicts out. The model runs on the LLM worker threads;
+streaming bridges llama.cpp's token callback to an asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ragline.answer.llm import Completion
+from ragline.engine import Engine
+from ragline.errors import ContextLengthExceeded
+from ragline.observability.context import upstream
+from ragline.server.errors import BadRequest, ModelNotFound
+from ragline.server.model_threads import run_model
+from ragline.server.protocol import CompletionRequest
+
+LOCAL_DEPLOYMENT = "local"
+_DONE = object()
+
+
+def _usage(c: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+    }
+
+
+class CompletionService:
+    def __init__(self, engine: Engine, local_model: str) -> None:
+        self._engine = engine
+        self.local_model = local_model
+
+    def _validate(self, req: CompletionRequest) -> str:
+        """The prompt text; raises the API error for anything this endpoint cannot serve."""
+        if req.model != self.local_model:
+            raise ModelNotFound(req.model)
+        prompt: object = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise BadRequest("send exactly one prompt per request", param="prompt")
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise BadRequest("token-id prompts are not supported; send a string", param="prompt")
+        return prompt
+
+    def _generate(self, req: CompletionRequest, prompt: str, on_token: Any) -> Completion:
+        cfg = self._engine.settings.llm
+        llm = self._engine.llm
+        try:
+            with upstream(LOCAL_DEPLOYMENT):
+                return llm.complete(
+                    prompt,
+                    max_tokens=req.max_tokens or cfg.max_tokens,
+                    temperature=cfg.temperature if req.temperature is None else req.temperature,
+                    top_p=req.top_p,
+                    stop=req.stop_list(),
+                    seed=req.seed,
+                    on_token=on_token,
+                )
+        except ContextLengthExceeded as e:
+            raise BadRequest(str(e), param="prompt", code="context_length_exceeded") from e
+
+    def _envelope(self, cid: str, created: int, req: CompletionRequest) -> dict[str, Any]:
+        return {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+
+    async def complete(self, req: CompletionRequest) -> dict[str, Any]:
+        prompt = self._validate(req)
+        c = await run_model(self._engine, self._generate, req, prompt, None)
+        text = prompt + c.text if req.echo else c.text
+        return {
+            **self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req),
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": c.finish_reason}],
+            "usage": _usage(c),
+        }
+
+    async def stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield text_completion chunks; validation errors raise before the first yield."""
+        prompt = self._validate(req)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def on_token(tok: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, tok)
+
+        async def run() -> Completion:
+            try:
+                return await run_model(self._engine, self._generate, req, prompt, on_token)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        envelope = self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req)
+
+        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            return {**envelope, "choices": [choice]}
+
+        task = asyncio.create_task(run())
+        try:
+            # the first item is the model's first token or its end: errors before any text raise here
+            item = await queue.get()
+            if item is _DONE:
+                result = await task
+            if req.echo:
+                yield chunk(prompt)
+            while item is not _DONE:
+                yield chunk(str(item))
+                item = await queue.get()
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        yield chunk("", result.finish_reason)
+        if req.stream_options and req.stream_options.include_usage:
+            yield {**envelope, "choices": [], "usage": _usage(result)}
