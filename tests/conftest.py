@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ragline import Engine
@@ -52,3 +59,50 @@ def make_engine(tmp_path: Path, embedder: OnnxEmbedder) -> Iterator[Callable[...
 @pytest.fixture
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     return make_engine()
+
+
+RAGLINE = str(Path(sys.executable).parent / "ragline")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def ragline_server(data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
+    """Run a real `ragline serve` on 127.0.0.1 until its models are loaded; yields the base URL.
+
+    ``env`` adds settings (RAGLINE_...) to the environment; the server's log is data_dir/server.log.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "RAGLINE_DATA_DIR": str(data_dir), **(env or {})}
+    port = free_port()
+    log_path = data_dir / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [RAGLINE, "serve", "--port", str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {log_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not become ready in {timeout:.0f} s")
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -353,15 +353,14 @@ def test_filters(filter_engine: Any, filters: list[str], expected: set[str], mod
         assert hits == []  # a filter that matches nothing gives nothing, never unfiltered hits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qdrant-edge-py 0.9.0 turns MatchValue(True) into MatchValue(1), which never matches a "
-    "JSON boolean: boolean metadata cannot be filtered on (the search silently returns nothing)",
-)
 def test_boolean_metadata_filter(filter_engine: Any) -> None:
     engine, _ = filter_engine
     hits = engine.search("clock cell catalysts gene", mode="dense", top_k=50, filters=["reviewed=true"])
     assert _doc_ids(hits) == {"d1", "d3"}
+    assert all(h.payload["reviewed"] is True for h in hits)  # the stored value stays a boolean
+    assert "_bool" not in hits[0].payload
+    rest = engine.search("clock cell catalysts gene", mode="bm25", top_k=50, filters=["reviewed!=true"])
+    assert not _doc_ids(rest) & {"d1", "d3"}
 
 
 def test_page_range_filter_selects_pages(filter_engine: Any) -> None:

@@ -23,6 +23,15 @@ from ragline.index.filters import Condition, Filter, normalize_datetime
 
 DENSE = "dense"
 SPARSE = "bm25"
+# qdrant-edge 0.9 matches a boolean filter value as the integer 1/0, which never equals a JSON
+# boolean. Boolean fields are therefore mirrored as 0/1 under this key for filtering; the mirror
+# never leaves this module (it is stripped from every payload we return).
+_BOOL = "_bool"
+
+
+def _with_bool_mirror(payload: dict[str, Any]) -> dict[str, Any]:
+    bools = {k: int(v) for k, v in payload.items() if isinstance(v, bool)}
+    return {**payload, _BOOL: bools} if bools else payload
 
 
 class EdgeIndex:
@@ -76,7 +85,7 @@ class EdgeIndex:
                     DENSE: p.dense.astype(np.float32).tolist(),
                     SPARSE: self._bm25.embed_document(p.lexical_text),
                 },
-                payload=p.payload,
+                payload=_with_bool_mirror(p.payload),
             )
             for p in points
         ]
@@ -94,7 +103,9 @@ class EdgeIndex:
             return
         schema: Any
         if isinstance(sample, bool):
-            schema = qe.PayloadSchemaType.Bool
+            key, schema = f"{_BOOL}.{key}", qe.PayloadSchemaType.Integer
+            if key in self._indexed:
+                return
         elif isinstance(sample, int):
             schema = qe.PayloadSchemaType.Integer
         elif isinstance(sample, float):
@@ -182,13 +193,21 @@ class EdgeIndex:
         if not requests:
             return [], []
         results = self._shard.query_batch(qe.QueryBatchRequest(requests))
-        converted = [[IndexHit(str(p.id), float(p.score), dict(p.payload or {})) for p in r] for r in results]
+        converted = [[IndexHit(str(p.id), float(p.score), _public(p.payload)) for p in r] for r in results]
         dense_hits = converted.pop(0) if dense is not None else []
         sparse_hits = converted.pop(0) if converted else []
         return dense_hits, sparse_hits
 
 
+def _public(payload: dict[str, Any] | None) -> dict[str, Any]:
+    out = dict(payload or {})
+    out.pop(_BOOL, None)
+    return out
+
+
 def _equals(key: str, value: object) -> Any:
+    if isinstance(value, bool):
+        return qe.FieldCondition(key=f"{_BOOL}.{key}", match=qe.MatchValue(int(value)))
     if isinstance(value, float):  # the engine matches floats by range, not by value
         return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
     if isinstance(value, str | int):

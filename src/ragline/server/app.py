@@ -111,14 +111,13 @@ def create_app(
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
         errs = e.errors()
         first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
             return _error(400, "Request body is not valid JSON", "invalid_request_error")
-        msg = "; ".join(
-            f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body') or 'body'}: {err.get('msg')}"
-            for err in errs[:5]
-        )
-        return _error(400, msg, "invalid_request_error", ".".join(loc) or None)
+        by_field: dict[str, str] = {}  # one message per field: a union reports each branch it tried
+        for err in errs:
+            by_field.setdefault(_field(err.get("loc", ())) or "body", str(err.get("msg")))
+        msg = "; ".join(f"{k}: {v}" for k, v in list(by_field.items())[:5])
+        return _error(400, msg, "invalid_request_error", _field(first.get("loc", ())) or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -206,6 +205,18 @@ def create_app(
 
     app.include_router(build_router(engine, state.jobs, max_body_bytes))
     return app
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _field(loc: Any) -> str:
+    """``messages.0.content`` from pydantic's error location (no "body", no union branch tags)."""
+    return ".".join(
+        str(x)
+        for x in loc
+        if x != "body" and not (isinstance(x, str) and ("[" in x or "(" in x or x in _TYPE_TAGS))
+    )
 
 
 def _route_templates(app: FastAPI) -> list[str]:

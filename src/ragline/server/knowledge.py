@@ -17,6 +17,7 @@ from ragline.ingest.cleaning import clean_text
 from ragline.ingest.parsers import parse_file, supported_suffixes
 from ragline.server.errors import BadRequest, NotFound, PayloadTooLarge
 from ragline.server.jobs import JobStore
+from ragline.server.protocol import Text
 from ragline.types import ParsedDocument, Section
 
 
@@ -25,9 +26,9 @@ class CreateCollection(BaseModel):
 
 
 class TextDocument(BaseModel):
-    id: str = Field(min_length=1, max_length=512)
-    text: str = Field(min_length=1)
-    title: str = ""
+    id: Text = Field(min_length=1, max_length=512)
+    text: Text = Field(min_length=1)
+    title: Text = ""
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
@@ -36,7 +37,7 @@ class UploadDocuments(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1)
+    query: Text = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=1000)
     mode: Literal["hybrid", "dense", "bm25"] | None = None
     filters: list[str] | None = None
