@@ -1,107 +1,202 @@
-"""Query-time fusion levers on a cached eval index (no re-ingestion).
+"""Query-time fusion levers on a cached eval index (no re-ingestion), and the cross-dataset table.
 
-Each query is embedded once and the index asked once for deep dense and BM25 chunk lists;
-every fusion variant is then computed from those lists, rolled up to documents (max) and
-scored. Results are merged into the eval JSON under "levers".
+Sweep one dataset: each query is embedded once and the index asked once for deep dense and
+BM25 chunk lists; every fusion configuration is then computed from those lists, rolled up to
+documents and scored. Results are merged into the eval JSON under "levers".
 
     .venv/bin/python -m bench.eval_levers --dataset ../shared/data/scifact \
         --json bench/results/eval-scifact.json
+
+Summarise several sweeps into one table (nDCG@10 per set, the mean across sets, and the
+margin of each hybrid configuration over the better single retriever of every set):
+
+    .venv/bin/python -m bench.eval_levers --summarize bench/results/eval-*.json --md table.md
+
+The grid (issue 4): fusion = RRF (k 10/30/60) or convex (alpha 0.3-0.7, dense weight), fused
+at the chunk level (then each document keeps its best chunk) or at the document level (each
+retriever's chunk list collapsed to documents first, then fused), with and without dense
+pseudo-relevance feedback (PRF).
+
+PRF (Rocchio on the dense side): from the first fused ranking take the top ``prf_docs``
+documents and the best chunk of each (chunk level: the document's top fused chunk; document
+level: its top dense chunk, else its top BM25 chunk); q' = normalize(q + beta * mean of their
+dense vectors); search the dense index again with q' and fuse that list with the same BM25
+list, the same way. Second searches are cached per (query, feedback chunks, beta).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from ragline.config import load_settings
 from ragline.eval.beir import load_beir
 from ragline.eval.metrics import evaluate
 from ragline.eval.retrieval import RetrievalEvaluator
-from ragline.index.base import IndexHit
+from ragline.index.base import IndexHit, VectorIndex
 from ragline.retrieval import fusion
 
-Lists = tuple[list[IndexHit], list[IndexHit]]
+Vec = npt.NDArray[np.float32]
 
 
-def _doc_of(h: IndexHit) -> str:
-    return str(h.payload.get("doc_id", ""))
+@dataclass(slots=True)
+class QueryLists:
+    qvec: Vec
+    dense: list[IndexHit]
+    sparse: list[IndexHit]
 
 
-def roll_up_scores(scores: dict[str, float], doc_of: dict[str, str], depth: int) -> dict[str, float]:
-    """Fused chunk scores -> top ``depth`` chunks -> best chunk per document."""
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
-    docs: dict[str, float] = {}
-    for cid, s in ranked:
-        d = doc_of[cid]
-        if d not in docs or s > docs[d]:
-            docs[d] = s
-    return docs
+@dataclass(frozen=True, slots=True)
+class Config:
+    fusion: str  # "rrf" | "convex" | "dense" | "bm25"
+    param: float = 0.0  # rrf k or convex alpha
+    level: str = "chunk"  # "chunk" | "doc"
+    cand: int = 200
+    prf_docs: int = 0
+    prf_beta: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if self.fusion in ("dense", "bm25"):
+            base = f"{self.fusion} only"
+        elif self.fusion == "rrf":
+            base = f"{self.level} rrf k={int(self.param)}"
+        else:
+            base = f"{self.level} convex a={self.param:.1f}"
+        if self.cand != 200:
+            base += f" cand={self.cand}"
+        if self.prf_docs:
+            base += f" +prf d={self.prf_docs} b={self.prf_beta:g}"
+        return base
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fusion": self.fusion,
+            "param": self.param,
+            "level": self.level,
+            "cand": self.cand,
+            "prf_docs": self.prf_docs,
+            "prf_beta": self.prf_beta,
+        }
 
 
-def doc_list(hits: Sequence[IndexHit]) -> list[IndexHit]:
-    """A chunk list collapsed to a document list (first = best chunk), ids = doc ids."""
+def _strip(hits: Sequence[IndexHit], doc_of: dict[str, str]) -> list[IndexHit]:
+    """Keep id and score only (chunk text would cost gigabytes over thousands of queries)."""
+    out = []
+    for h in hits:
+        doc_of[h.id] = str(h.payload.get("doc_id", ""))
+        out.append(IndexHit(h.id, h.score, {}))
+    return out
+
+
+def doc_list(hits: Sequence[IndexHit], doc_of: dict[str, str]) -> list[IndexHit]:
+    """A chunk list collapsed to a document list (first = best chunk); payload keeps that chunk."""
     seen: dict[str, IndexHit] = {}
     for h in hits:
-        d = _doc_of(h)
+        d = doc_of[h.id]
         if d not in seen:
-            seen[d] = IndexHit(d, h.score, {})
+            seen[d] = IndexHit(d, h.score, {"chunk": h.id})
     return list(seen.values())
 
 
-Variant = Callable[[Lists, dict[str, str]], dict[str, float]]
+def _ranked(scores: dict[str, float]) -> list[str]:
+    return [i for i, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def chunk_rrf(k: int, cand: int, w_dense: float = 1.0, w_bm25: float = 1.0, depth: int = 200) -> Variant:
-    def f(lists: Lists, doc_of: dict[str, str]) -> dict[str, float]:
-        d, s = lists[0][:cand], lists[1][:cand]
-        return roll_up_scores(fusion.rrf([d, s], k=k, weights=[w_dense, w_bm25]), doc_of, depth)
-
-    return f
-
-
-def chunk_convex(alpha: float, cand: int, depth: int = 200) -> Variant:
-    def f(lists: Lists, doc_of: dict[str, str]) -> dict[str, float]:
-        return roll_up_scores(fusion.convex(lists[0][:cand], lists[1][:cand], alpha=alpha), doc_of, depth)
-
-    return f
-
-
-def doc_rrf(k: int, cand: int) -> Variant:
-    """Collapse each retriever's chunks to documents first, then fuse document ranks."""
-
-    def f(lists: Lists, doc_of: dict[str, str]) -> dict[str, float]:
-        return fusion.rrf([doc_list(lists[0][:cand]), doc_list(lists[1][:cand])], k=k)
-
-    return f
-
-
-def doc_convex(alpha: float, cand: int) -> Variant:
-    def f(lists: Lists, doc_of: dict[str, str]) -> dict[str, float]:
-        return fusion.convex(doc_list(lists[0][:cand]), doc_list(lists[1][:cand]), alpha=alpha)
-
-    return f
-
-
-def single(which: int, cand: int) -> Variant:
-    def f(lists: Lists, doc_of: dict[str, str]) -> dict[str, float]:
-        return {h.id: h.score for h in doc_list(lists[which][:cand])}
-
-    return f
+def fuse(
+    cfg: Config, dense: Sequence[IndexHit], sparse: Sequence[IndexHit], doc_of: dict[str, str], fb: int = 0
+) -> tuple[dict[str, float], list[str]]:
+    """Document scores of one configuration, and the feedback chunks of its top ``fb`` documents."""
+    d, s = dense[: cfg.cand], sparse[: cfg.cand]
+    if cfg.fusion in ("dense", "bm25"):
+        dl = doc_list(d if cfg.fusion == "dense" else s, doc_of)
+        return {h.id: h.score for h in dl}, [str(h.payload["chunk"]) for h in dl[:fb]]
+    if cfg.level == "chunk":
+        if cfg.fusion == "rrf":
+            scores = fusion.rrf([d, s], k=int(cfg.param))
+        else:
+            scores = fusion.convex(d, s, alpha=cfg.param)
+        docs: dict[str, float] = {}
+        feedback: list[str] = []
+        for cid in _ranked(scores)[: cfg.cand]:
+            doc = doc_of[cid]
+            if doc not in docs:
+                docs[doc] = scores[cid]
+                if len(feedback) < fb:
+                    feedback.append(cid)
+        return docs, feedback
+    dd, sd = doc_list(d, doc_of), doc_list(s, doc_of)
+    if cfg.fusion == "rrf":
+        docs = fusion.rrf([dd, sd], k=int(cfg.param))
+    else:
+        docs = fusion.convex(dd, sd, alpha=cfg.param)
+    best = {h.id: str(h.payload["chunk"]) for h in sd}
+    best.update({h.id: str(h.payload["chunk"]) for h in dd})
+    return docs, [best[doc] for doc in _ranked(docs)[:fb]]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", type=Path, required=True)
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--config", type=Path, default=None)
-    ap.add_argument("--limit", type=int, default=500, help="chunks fetched per retriever")
-    ap.add_argument("--json", type=Path, default=None, help="eval JSON to add a 'levers' key to")
-    args = ap.parse_args()
+class Prf:
+    """Second dense searches with the Rocchio-expanded query, cached."""
 
+    def __init__(self, index: VectorIndex, limit: int, doc_of: dict[str, str]) -> None:
+        self.index = index
+        self.limit = limit
+        self.doc_of = doc_of
+        self._vecs: dict[str, Vec] = {}
+        self._cache: dict[tuple[str, tuple[str, ...], float], list[IndexHit]] = {}
+        self.searches = 0
+
+    def vectors(self, ids: Sequence[str]) -> list[Vec]:
+        missing = [i for i in ids if i not in self._vecs]
+        if missing:
+            self._vecs.update(self.index.dense_vectors(missing))
+        return [self._vecs[i] for i in ids if i in self._vecs]
+
+    def dense(self, qid: str, q: QueryLists, feedback: Sequence[str], beta: float) -> list[IndexHit]:
+        key = (qid, tuple(sorted(feedback)), beta)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        vecs = self.vectors(feedback)
+        if not vecs:
+            self._cache[key] = q.dense
+            return q.dense
+        v = q.qvec + beta * np.mean(np.stack(vecs), axis=0)
+        v = (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
+        dense, _ = self.index.search(dense=v, text=None, limit=self.limit)
+        self.searches += 1
+        out = _strip(dense, self.doc_of)
+        self._cache[key] = out
+        return out
+
+
+def grid(limit: int) -> list[Config]:
+    fusions = [("rrf", float(k)) for k in (10, 30, 60)] + [("convex", a) for a in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    out = [Config("dense"), Config("bm25")]
+    for prf in ((0, 0.0), (3, 0.5), (3, 1.0)):
+        for level in ("chunk", "doc"):
+            for f, p in fusions:
+                out.append(Config(f, p, level, prf_docs=prf[0], prf_beta=prf[1]))
+    # a few extra points: the product's default candidate count, a wider feedback set
+    for level in ("chunk", "doc"):
+        for f, p in (("rrf", 60.0), ("convex", 0.5)):
+            out.append(Config(f, p, level, cand=100))
+            out.append(Config(f, p, level, cand=100, prf_docs=3, prf_beta=1.0))
+            out.append(Config(f, p, level, prf_docs=5, prf_beta=1.0))
+            out.append(Config(f, p, level, prf_docs=1, prf_beta=1.0))
+    return [c for c in out if c.cand <= limit]
+
+
+def sweep(args: argparse.Namespace) -> None:
     ds = load_beir(args.dataset, args.split)
     with RetrievalEvaluator(ds, load_settings(args.config)) as ev:
         info = ev.prepare_index()
@@ -109,52 +204,45 @@ def main() -> None:
             print(f"warning: index was (re)built ({info.ingest_seconds:.0f} s)")
         col = ev.engine.collection(info.collection)
         emb = ev.engine.embedder
-        per_query: dict[str, Lists] = {}
         doc_of: dict[str, str] = {}
+        per_query: dict[str, QueryLists] = {}
         t0 = time.perf_counter()
         for qid, text in ds.queries.items():
             qvec = emb.embed_queries([text])[0]
             dense, sparse = col.index.search(dense=qvec, text=text, limit=args.limit)
-            per_query[qid] = (dense, sparse)
-            for h in (*dense, *sparse):
-                doc_of[h.id] = _doc_of(h)
+            per_query[qid] = QueryLists(qvec, _strip(dense, doc_of), _strip(sparse, doc_of))
         print(
             f"fetched {len(per_query)} queries x 2 lists of {args.limit} in {time.perf_counter() - t0:.1f} s"
         )
         current = ev.settings.retrieval
+        prf = Prf(col.index, args.limit, doc_of)
 
-    variants: dict[str, Variant] = {
-        "dense (doc max)": single(0, args.limit),
-        "bm25 (doc max)": single(1, args.limit),
-    }
-    for k in (10, 30, 60, 100):
-        for cand in (50, 100, 200, 500):
-            variants[f"chunk rrf k={k} cand={cand}"] = chunk_rrf(k, cand)
-    for w in (0.5, 0.7, 1.5, 2.0):
-        variants[f"chunk rrf k=60 cand=200 w_bm25={w}"] = chunk_rrf(60, 200, w_bm25=w)
-    for alpha in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for cand in (100, 200):
-            variants[f"chunk convex alpha={alpha} cand={cand}"] = chunk_convex(alpha, cand)
-    for k in (10, 30, 60, 100):
-        for cand in (100, 200, 500):
-            variants[f"doc rrf k={k} cand={cand}"] = doc_rrf(k, cand)
-    for alpha in (0.3, 0.4, 0.5, 0.6):
-        variants[f"doc convex alpha={alpha} cand=200"] = doc_convex(alpha, 200)
-
-    rows: list[dict[str, Any]] = []
-    for name, fn in variants.items():
-        run = {qid: fn(lists, doc_of) for qid, lists in per_query.items()}
-        means = evaluate(run, ds.qrels).means
-        rows.append({"variant": name, **{m: round(v, 4) for m, v in means.items()}})
-        print(
-            f"{name:42s} nDCG@10 {means['ndcg@10']:.4f}  R@10 {means['recall@10']:.4f}  "
-            f"R@100 {means['recall@100']:.4f}  MRR@10 {means['mrr@10']:.4f}"
-        )
+        rows: list[dict[str, Any]] = []
+        for cfg in grid(args.limit):
+            t0 = time.perf_counter()
+            run: dict[str, dict[str, float]] = {}
+            for qid, q in per_query.items():
+                docs, feedback = fuse(cfg, q.dense, q.sparse, doc_of, cfg.prf_docs)
+                if cfg.prf_docs:
+                    docs, _ = fuse(cfg, prf.dense(qid, q, feedback, cfg.prf_beta), q.sparse, doc_of)
+                run[qid] = docs
+            means = evaluate(run, ds.qrels).means
+            rows.append({"variant": cfg.name, **cfg.to_dict(), **{m: round(v, 4) for m, v in means.items()}})
+            print(
+                f"{cfg.name:36s} nDCG@10 {means['ndcg@10']:.4f}  R@10 {means['recall@10']:.4f}  "
+                f"R@100 {means['recall@100']:.4f}  MRR@10 {means['mrr@10']:.4f}  "
+                f"({time.perf_counter() - t0:.1f} s, {prf.searches} prf searches so far)",
+                flush=True,
+            )
 
     if args.json:
         data = json.loads(args.json.read_text()) if args.json.exists() else {}
         data["levers"] = {
-            "note": "query-time variants on the cached index; chunk lists fetched once per query",
+            "note": (
+                "query-time variants on the cached index; dense and BM25 chunk lists fetched once per "
+                "query (limit_per_retriever), each variant uses the first `cand` of each"
+            ),
+            "split": args.split,
             "limit_per_retriever": args.limit,
             "current_defaults": {
                 "fusion": current.fusion,
@@ -166,6 +254,58 @@ def main() -> None:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def summarize(paths: Sequence[Path], md: Path | None, metric: str = "ndcg@10") -> str:
+    """Cross-dataset table of every configuration swept on all the given eval JSONs."""
+    sets: dict[str, dict[str, float]] = {}
+    order: list[str] = []
+    for p in paths:
+        data = json.loads(p.read_text())
+        lev = data.get("levers")
+        if not lev:
+            continue
+        name = data["dataset"] + ("" if lev.get("split", "test") == "test" else f" ({lev['split']})")
+        sets[name] = {r["variant"]: r[metric] for r in lev["rows"]}
+        for r in lev["rows"]:
+            if r["variant"] not in order:
+                order.append(r["variant"])
+    names = list(sets)
+    common = [v for v in order if all(v in sets[n] for n in names)]
+    best_single = {n: max(sets[n].get("dense only", 0.0), sets[n].get("bm25 only", 0.0)) for n in names}
+    rows = []
+    for v in common:
+        vals = [sets[n][v] for n in names]
+        margin = min(sets[n][v] - best_single[n] for n in names)
+        rows.append((v, vals, statistics.fmean(vals), margin))
+    rows.sort(key=lambda r: -r[2])
+    head = f"| configuration | {' | '.join(names)} | mean | min margin vs best single |"
+    lines = [head, "|" + "---|" * (len(names) + 3)]
+    for v, vals, mean, margin in rows:
+        cells = " | ".join(f"{x:.4f}" for x in vals)
+        lines.append(f"| {v} | {cells} | **{mean:.4f}** | {margin:+.4f} |")
+    text = "\n".join(lines) + "\n"
+    if md:
+        md.write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", type=Path)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--limit", type=int, default=500, help="chunks fetched per retriever")
+    ap.add_argument("--json", type=Path, default=None, help="eval JSON to add a 'levers' key to")
+    ap.add_argument("--summarize", type=Path, nargs="+", help="eval JSONs with levers: print the table")
+    ap.add_argument("--md", type=Path, default=None, help="with --summarize: write the table here")
+    args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize, args.md))
+    elif args.dataset:
+        sweep(args)
+    else:
+        ap.error("give --dataset (sweep one set) or --summarize FILES")
 
 
 if __name__ == "__main__":

@@ -487,7 +487,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         procs[2].wait_ready(e.gateway + "/health/ready", 120)
         yield e
     finally:
-        for p in procs:
+        for p in reversed(procs):  # the gateway first: its upstreams vanishing is not news
             p.stop()
 
 
@@ -501,9 +501,13 @@ def killable(env: Env) -> Iterator[Callable[[int, str], Proc]]:
     started: list[Proc] = []
 
     def start(port: int, name: str) -> Proc:
+        """Start a fault upstream serving instance ``name``; return once the gateway has seen it healthy."""
         p = _fault(port, env.tmp / f"{name}.log")
         started.append(p)
         p.wait_ready(f"http://{HOST}:{port}/admin/stats", 30)
+        deadline = time.monotonic() + 5  # two probes: the first one's result is recorded by then
+        while env.stats(name, port).get("probes", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         return p
 
     yield start
@@ -521,6 +525,16 @@ def _ask(client: openai.OpenAI, model: str, **kw: Any) -> Any:
 def test_models_lists_gateway_models(client: openai.OpenAI) -> None:
     ids = {m.id for m in client.models.list()}
     assert {"local", "rr", "fragile", "resilient", "auto"} <= ids
+
+
+def test_embedded_model_and_unknown_names_behave_as_before(client: openai.OpenAI) -> None:
+    r = _ask(client, "local", max_tokens=4)
+    assert r.model == "local" and r.choices[0].message.content is not None
+    chunks = list(_ask(client, "local", max_tokens=4, stream=True))
+    assert chunks[-1].choices and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    for missing in ("nope", "rag/nope"):
+        with pytest.raises(openai.NotFoundError):
+            _ask(client, missing)
 
 
 def test_body_passes_through_with_model_rewritten(env: Env) -> None:

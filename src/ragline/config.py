@@ -93,6 +93,10 @@ class RetrievalSettings(BaseModel):
     #: Candidates each retriever contributes before fusion.
     candidates: int = Field(100, ge=1, le=10000)
     hnsw_ef: int = Field(128, ge=4)
+    #: Dense pseudo-relevance feedback in hybrid mode: the top ``prf_docs`` documents of the
+    #: first fused ranking move the query vector (q + prf_beta * their mean); 0 = off.
+    prf_docs: int = Field(0, ge=0, le=20)
+    prf_beta: float = Field(1.0, ge=0.0, le=10.0)
     #: BM25 parameters (the engine's built-in BM25, Snowball English stemmer).
     bm25_k: float = Field(1.2, ge=0.0)
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)

@@ -31,6 +31,8 @@ class BeirDataset:
     #: The evaluated queries (those present in the split's qrels), query id -> text.
     queries: dict[str, str]
     qrels: Qrels
+    #: Documents of the corpus skipped by the last ``iter_corpus`` for having no text.
+    empty_documents: int = 0
 
     @property
     def name(self) -> str:
@@ -46,9 +48,17 @@ class BeirDataset:
             return sum(1 for line in fh if line.strip())
 
     def iter_corpus(self) -> Iterator[ParsedDocument]:
-        """The corpus as ragline documents (doc_id = BEIR ``_id``); a malformed line is an error."""
+        """The corpus as ragline documents (doc_id = BEIR ``_id``); a malformed line is an error.
+
+        A document with neither title nor text (Cranfield has two) cannot be indexed: it is
+        skipped and counted in ``empty_documents``; judged relevant, it scores as a miss.
+        """
+        self.empty_documents = 0
         for item in iter_jsonl(self.corpus_path):
             if isinstance(item, ParseError):
+                if str(item).endswith(" has no text"):
+                    self.empty_documents += 1
+                    continue
                 raise ConfigError(f"{self.corpus_path}: {item}")
             yield item
 

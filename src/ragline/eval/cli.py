@@ -82,6 +82,8 @@ def retrieval(
 
         info = ev.prepare_index(on_ingest)
         state = "reused" if info.reused else f"built in {info.ingest_seconds:.0f} s"
+        if info.empty:
+            state += f"; {info.empty} empty documents skipped"
         err.print(f"index {info.collection}: {info.indexed_documents} docs, {info.chunks} chunks ({state})")
         query_task = bar.add_task("queries", total=len(ds.queries) * len(modes), info="")
         offset: dict[str, int] = {m: i * len(ds.queries) for i, m in enumerate(modes)}

@@ -104,6 +104,8 @@ class IndexInfo:
     ingest_seconds: float
     duplicates: int = 0
     failed: int = 0
+    #: Corpus documents with no text, which cannot be indexed (they score as misses).
+    empty: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class IndexInfo:
             "ingest_seconds": round(self.ingest_seconds, 2),
             "duplicates": self.duplicates,
             "failed": self.failed,
+            "empty": self.empty,
         }
 
 
@@ -272,6 +275,7 @@ class RetrievalEvaluator:
             ingest_seconds=report.seconds,
             duplicates=report.duplicates + report.near_duplicates,
             failed=len(report.failed),
+            empty=ds.empty_documents,
         )
         return self._info
 

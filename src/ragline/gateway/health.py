@@ -119,7 +119,9 @@ class HealthChecker:
             was = member.health.healthy
             member.health.record_probe(False)
             if was and not member.health.healthy:
-                log.warning("deployment %s left rotation: %s", member.deployment.name, e or "probe timed out")
+                log.warning(
+                    "deployment %s left rotation: %s", member.deployment.name, str(e) or "probe timed out"
+                )
             return
         was = member.health.healthy
         member.health.record_probe(True)

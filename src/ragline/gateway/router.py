@@ -219,7 +219,9 @@ class Router:
     def _call(self, body: dict[str, Any], headers: Mapping[str, str]) -> _Call:
         requested = str(body.get("model") or "")
         target = self.resolve(requested, headers, body)
-        return _Call(self, requested, target, body, Deadline(self._deadline_for(headers)))
+        return _Call(
+            self._groups, self._retry, requested, target, body, Deadline(self._deadline_for(headers))
+        )
 
     def _deadline_for(self, headers: Mapping[str, str]) -> float:
         value = headers.get(DEADLINE_HEADER)
@@ -244,20 +246,29 @@ class _Call:
         "delay",
         "errors",
         "group_done",
+        "groups",
         "idx",
+        "policy",
         "reasons",
         "requested",
-        "router",
         "started",
         "tried",
     )
 
-    def __init__(self, router: Router, requested: str, target: str, body: dict[str, Any], deadline: Deadline):
-        self.router = router
+    def __init__(
+        self,
+        groups: Mapping[str, ModelGroup],
+        policy: RetryPolicy,
+        requested: str,
+        target: str,
+        body: dict[str, Any],
+        deadline: Deadline,
+    ) -> None:
+        self.groups = groups
+        self.policy = policy
         self.requested = requested
         self.body = body
         self.deadline = deadline
-        groups = router._groups
         self.chain = (target, *(f for f in groups[target].fallbacks if f in groups))
         self.idx = 0
         self.attempts = 0
@@ -270,13 +281,13 @@ class _Call:
 
     @property
     def group(self) -> ModelGroup:
-        return self.router._groups[self.chain[min(self.idx, len(self.chain) - 1)]]
+        return self.groups[self.chain[min(self.idx, len(self.chain) - 1)]]
 
     def body_for(self, member: Member) -> dict[str, Any]:
         return {**self.body, "model": member.deployment.model}
 
     async def next_member(self) -> Member:
-        policy = self.router._retry
+        policy = self.policy
         while True:
             if self.deadline.expired():
                 raise DeadlineExceeded(self.requested, self.deadline.seconds)
@@ -340,7 +351,7 @@ class _Call:
             self.group_done = True
             return
         self.tried.add(member.name)
-        policy = self.router._retry
+        policy = self.policy
         retry_after = policy.retry_after(err)
         if retry_after is not None:
             member.cool_down(retry_after)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from ragline.gateway.retry import parse_retry_after
 from ragline.gateway.sse import SSEDecoder
 
 _DONE = "[DONE]"
+log = logging.getLogger("ragline.gateway")
 #: Seconds to wait for the end of the body after [DONE].
 _DRAIN_S = 0.5
 
@@ -85,7 +87,7 @@ class OpenAIDeployment:
                 response = await self._client.post("chat/completions", json=body)
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
-        except httpx.HTTPError as e:
+        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
             raise self._transport_error(e) from e
         if response.status_code >= 400:
             raise _status_error(self._name, response)
@@ -110,7 +112,7 @@ class OpenAIDeployment:
                 response = await self._client.send(request, stream=True)
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no response within {first_by - start:.2f} s") from e
-        except httpx.HTTPError as e:
+        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
             raise self._transport_error(e) from e
         try:
             if response.status_code >= 400:
@@ -145,8 +147,8 @@ class OpenAIDeployment:
             except TimeoutError as e:
                 what = "total" if started else "first token"
                 raise UpstreamTimeout(self._name, f"stream {what} timeout after {limit - start:.2f} s") from e
-            except httpx.HTTPError as e:
-                raise UpstreamDisconnected(self._name, f"the stream broke: {e or type(e).__name__}") from e
+            except Exception as e:
+                raise UpstreamDisconnected(self._name, f"the stream broke: {_reason(e)}") from e
             else:
                 pending = decoder.feed(line)
             if pending is None:
@@ -175,7 +177,7 @@ class OpenAIDeployment:
     async def probe(self, timeout: float) -> None:
         try:
             response = await self._client.get("models", timeout=timeout)
-        except httpx.HTTPError as e:
+        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
             raise self._transport_error(e) from e
         if response.status_code >= 400:
             raise UpstreamStatusError(self._name, response.status_code)
@@ -183,15 +185,24 @@ class OpenAIDeployment:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _transport_error(self, e: httpx.HTTPError) -> UpstreamError:
-        reason = str(e) or type(e).__name__
+    def _transport_error(self, e: Exception) -> UpstreamError:
+        reason = _reason(e)
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
             return UpstreamConnectError(self._name, f"cannot connect to {self.base_url}: {reason}")
         if isinstance(e, httpx.TimeoutException):
             return UpstreamTimeout(self._name, f"timed out: {reason}")
         if isinstance(e, httpx.TransportError):
             return UpstreamDisconnected(self._name, f"connection lost before the answer: {reason}")
-        return UpstreamProtocolError(self._name, reason)
+        if isinstance(e, httpx.HTTPError):
+            return UpstreamProtocolError(self._name, reason)
+        # Not an httpx error: the connection died in a way the transport does not wrap (e.g. uvloop's
+        # getpeername() on a socket whose peer just vanished). Still a lost connection, not a bug here.
+        log.warning("deployment %s: unexpected transport failure: %s", self._name, reason)
+        return UpstreamDisconnected(self._name, f"connection lost: {reason}")
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:

@@ -1,4 +1,12 @@
-"""The retriever: embeds the query, asks the index for dense and BM25 candidates, fuses them."""
+"""The retriever: embeds the query, asks the index for dense and BM25 candidates, fuses them.
+
+Optional dense pseudo-relevance feedback (hybrid mode, ``retrieval.prf_docs`` > 0): the first
+fused ranking's top ``prf_docs`` documents give their best chunk each; the query vector moves
+towards the mean of those chunks' stored vectors (Rocchio, q' = normalize(q + prf_beta * mean)),
+the dense index is searched again with q', and that list is fused with the same BM25 list.
+Hits keep their cosine similarity to the original query as ``dense_score`` (None for a chunk
+that only the second search found).
+"""
 
 from __future__ import annotations
 
@@ -61,17 +69,73 @@ class Retriever:
             fused = {h.id: h.score for h in dense_hits}
         elif mode == "bm25":
             fused = {h.id: h.score for h in bm25_hits}
-        elif method is fusion.FusionMethod.RRF:
-            fused = fusion.rrf([dense_hits, bm25_hits], k=s.rrf_k)
         else:
-            fused = fusion.convex(dense_hits, bm25_hits, alpha=s.convex_alpha)
+            fused = self._fuse(method, dense_hits, bm25_hits)
+            if s.prf_docs > 0 and query_vector is not None:
+                fb_hits = self._feedback_search(
+                    index, query_vector, fused, dense_hits, bm25_hits, limit=limit, flt=flt, exact=exact
+                )
+                if fb_hits is not None:
+                    by_id = {h.id: h for h in fb_hits}
+                    fused = self._fuse(method, fb_hits, bm25_hits)
+                    # the payloads of chunks only the second search found; scores stay the first's
+                    return _to_hits(fused, dense_hits, bm25_hits, top_k, extra=by_id)
         return _to_hits(fused, dense_hits, bm25_hits, top_k)
+
+    def _fuse(
+        self, method: fusion.FusionMethod, dense: Sequence[IndexHit], sparse: Sequence[IndexHit]
+    ) -> dict[str, float]:
+        s = self._settings
+        if method is fusion.FusionMethod.RRF:
+            return fusion.rrf([dense, sparse], k=s.rrf_k)
+        return fusion.convex(dense, sparse, alpha=s.convex_alpha)
+
+    def _feedback_search(
+        self,
+        index: VectorIndex,
+        query_vector: npt.NDArray[np.float32],
+        fused: dict[str, float],
+        dense: Sequence[IndexHit],
+        sparse: Sequence[IndexHit],
+        *,
+        limit: int,
+        flt: Filter | None,
+        exact: bool,
+    ) -> list[IndexHit] | None:
+        """The dense list for the Rocchio-expanded query, or None when there is no feedback."""
+        s = self._settings
+        doc_of = {h.id: str(h.payload.get("doc_id", "")) for h in sparse}
+        doc_of.update({h.id: str(h.payload.get("doc_id", "")) for h in dense})
+        feedback: list[str] = []
+        seen: set[str] = set()
+        for cid, _ in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
+            doc = doc_of.get(cid, "") or cid
+            if doc not in seen:
+                seen.add(doc)
+                feedback.append(cid)
+                if len(feedback) == s.prf_docs:
+                    break
+        vectors = index.dense_vectors(feedback)
+        if not vectors:
+            return None
+        centroid = np.mean(np.stack([vectors[c] for c in feedback if c in vectors]), axis=0)
+        q = query_vector.astype(np.float32) + np.float32(s.prf_beta) * centroid.astype(np.float32)
+        norm = float(np.linalg.norm(q))
+        if norm > 0:
+            q = q / np.float32(norm)
+        second, _ = index.search(dense=q, text=None, limit=limit, flt=flt, exact=exact)
+        return second
 
 
 def _to_hits(
-    fused: dict[str, float], dense: Sequence[IndexHit], sparse: Sequence[IndexHit], top_k: int
+    fused: dict[str, float],
+    dense: Sequence[IndexHit],
+    sparse: Sequence[IndexHit],
+    top_k: int,
+    extra: dict[str, IndexHit] | None = None,
 ) -> list[Hit]:
-    by_id: dict[str, IndexHit] = {h.id: h for h in sparse}
+    by_id: dict[str, IndexHit] = dict(extra or {})
+    by_id.update({h.id: h for h in sparse})
     by_id.update({h.id: h for h in dense})
     dscore = {h.id: h.score for h in dense}
     sscore = {h.id: h.score for h in sparse}
