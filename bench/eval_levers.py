@@ -2,7 +2,8 @@
 
 Sweep one dataset: each query is embedded once and the index asked once for deep dense and
 BM25 chunk lists; every fusion configuration is then computed from those lists, rolled up to
-documents and scored. Results are merged into the eval JSON under "levers".
+documents (identical copies that ingestion de-duplicated scored like the kept one, as in the
+eval) and scored. Results are merged into the eval JSON under "levers".
 
     .venv/bin/python -m bench.eval_levers --dataset ../shared/data/scifact \
         --json bench/results/eval-scifact.json
@@ -225,7 +226,7 @@ def sweep(args: argparse.Namespace) -> None:
                 docs, feedback = fuse(cfg, q.dense, q.sparse, doc_of, cfg.prf_docs)
                 if cfg.prf_docs:
                     docs, _ = fuse(cfg, prf.dense(qid, q, feedback, cfg.prf_beta), q.sparse, doc_of)
-                run[qid] = docs
+                run[qid] = ev.expand(docs)
             means = evaluate(run, ds.qrels).means
             rows.append({"variant": cfg.name, **cfg.to_dict(), **{m: round(v, 4) for m, v in means.items()}})
             print(

@@ -1,14 +1,16 @@
 """Local-model throughput: completion tokens/s in total and per-stream latency at 1, 4 and 16 streams.
 
     .venv/bin/python -m bench.local_model_throughput [--levels 1,4,16] [--max-tokens 32]
-        [--requests-per-stream 2] [--n-parallel N]
+        [--requests-per-stream 2] [--n-parallel N] [--threads 0,1]
 
 Starts a real `ragline serve` (llama.cpp slots = llm.n_parallel, default from the
 settings) and, for each concurrency level C, runs C concurrent streaming clients
 against /v1/chat/completions, each sending ``--requests-per-stream`` requests back to
 back. Reports total completion tokens/s (sum over streams / wall time) and, per
 request, time to first token, end-to-end latency and the stream's own decode rate.
-Writes bench/results/local_model_throughput.json.
+``--threads`` runs the whole sweep once per llama.cpp thread count (0 = all cores):
+on a machine shared with other work, llama.cpp's spinning worker threads make "all
+cores" far slower than one thread. Writes bench/results/local_model_throughput.json.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path, n_parallel: int | None) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "RAGLINE_DATA_DIR": str(data_dir)}
-    if n_parallel is not None:
-        env["RAGLINE_LLM__N_PARALLEL"] = str(n_parallel)
+def start_server(data_dir: Path, n_parallel: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+    env = {
+        **os.environ,
+        "RAGLINE_DATA_DIR": str(data_dir),
+        "RAGLINE_LLM__N_PARALLEL": str(n_parallel),
+        "RAGLINE_LLM__THREADS": str(threads),
+    }
     port = _free_port()
     log = (data_dir / "server.log").open("w")
     proc = subprocess.Popen(
@@ -133,28 +138,23 @@ async def run_level(base: str, streams: int, per_stream: int, max_tokens: int) -
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--levels", default="1,4,16", help="comma-separated concurrent stream counts")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--requests-per-stream", type=int, default=2)
-    ap.add_argument("--n-parallel", type=int, default=None, help="llama.cpp slots (default: settings)")
-    args = ap.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    n_parallel = args.n_parallel or load_settings().llm.n_parallel
+def sweep(levels: list[int], n_parallel: int, threads: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     data = Path(tempfile.mkdtemp(prefix="ragline-bench-llm-"))
-    proc, base = start_server(data, n_parallel)
+    proc, base = start_server(data, n_parallel, threads)
+    results = []
     try:
         asyncio.run(run_level(base, 1, 1, 8))  # warm up
-        results = []
         for c in levels:
             res = asyncio.run(run_level(base, c, args.requests_per_stream, args.max_tokens))
+            res["load_average_1m"] = round(os.getloadavg()[0], 2)
             results.append(res)
             print(
-                f"{c:>3} streams: {res['throughput_tokens_per_s']:7.1f} tok/s total · "
+                f"threads {threads or os.cpu_count()} · {c:>3} streams: "
+                f"{res['throughput_tokens_per_s']:7.1f} tok/s total · "
                 f"per stream {res['per_stream_tokens_per_s_p50']:6.1f} tok/s · "
                 f"TTFT p50 {res['ttft_p50_s']:.2f} s p95 {res['ttft_p95_s']:.2f} s · "
-                f"latency p50 {res['latency_p50_s']:.2f} s p95 {res['latency_p95_s']:.2f} s"
+                f"latency p50 {res['latency_p50_s']:.2f} s p95 {res['latency_p95_s']:.2f} s",
+                flush=True,
             )
     finally:
         proc.terminate()
@@ -163,20 +163,38 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(data, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,4,16", help="comma-separated concurrent stream counts")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--requests-per-stream", type=int, default=2)
+    ap.add_argument("--n-parallel", type=int, default=None, help="llama.cpp slots (default: settings)")
+    ap.add_argument("--threads", default=None, help="comma-separated llama.cpp thread counts (0 = all)")
+    args = ap.parse_args()
     settings = load_settings()
+    levels = [int(x) for x in args.levels.split(",")]
+    n_parallel = args.n_parallel or settings.llm.n_parallel
+    thread_counts = [int(x) for x in args.threads.split(",")] if args.threads else [settings.llm.threads]
+    runs = [
+        {"llm_threads": t or os.cpu_count(), "levels": sweep(levels, n_parallel, t, args)}
+        for t in thread_counts
+    ]
     out = write_result(
         "local_model_throughput",
         ".venv/bin/python -m bench.local_model_throughput "
         f"--levels {args.levels} --max-tokens {args.max_tokens} "
-        f"--requests-per-stream {args.requests_per_stream} --n-parallel {n_parallel}",
+        f"--requests-per-stream {args.requests_per_stream} --n-parallel {n_parallel} "
+        f"--threads {','.join(str(t) for t in thread_counts)}",
         {
             "model": settings.llm.kind,
+            "endpoint": "/v1/chat/completions (stream, include_usage)",
             "n_parallel": n_parallel,
-            "llm_threads": settings.llm.threads or os.cpu_count(),
             "max_tokens": args.max_tokens,
             "requests_per_stream": args.requests_per_stream,
-            "load_average_at_end": os.getloadavg()[0],
-            "levels": results,
+            "runs": runs,
         },
     )
     print(f"wrote {out}")

@@ -30,6 +30,8 @@ EMBED_MODEL = "all-MiniLM-L6-v2"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         "RAGLINE_LLM__N_PARALLEL": "4",
+        # one llama.cpp thread: its spinning workers crawl on a busy 2-core machine (see the bench)
+        "RAGLINE_LLM__THREADS": "1",
         "RAGLINE_LLM__MAX_TOKENS": "16",  # the default answer length: keeps fuzzed requests short
         "RAGLINE_SERVER__EMBEDDING_BATCH_MAX_WAIT_MS": "10",
     }
@@ -254,6 +256,68 @@ def test_batched_requests_keep_their_own_inputs(server: str) -> None:
         single = httpx.post(server + "/v1/embeddings", json={"model": EMBED_MODEL, "input": g[-1]}).json()
         np.testing.assert_allclose(body["data"][-1]["embedding"], single["data"][0]["embedding"], atol=1e-5)
         assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_batcher_limits_errors_and_cancellation() -> None:
+    """The batcher in-process: batch size bound, errors reach the whole batch, cancellation is harmless."""
+    from ragline.server.batching import DynamicBatcher
+
+    sizes: list[int] = []
+
+    def fn(texts: list[str]) -> list[str]:
+        time.sleep(0.01)
+        sizes.append(len(texts))
+        if "boom" in texts:
+            raise RuntimeError("model failed")
+        return [t.upper() for t in texts]
+
+    async def run() -> None:
+        b: DynamicBatcher[str] = DynamicBatcher(fn, max_batch_size=8, max_wait_ms=5)
+        outs = await asyncio.gather(*(b.submit([f"r{i}a", f"r{i}b", f"r{i}c"]) for i in range(10)))
+        assert [o[0] for o in outs] == [[f"R{i}A", f"R{i}B", f"R{i}C"] for i in range(10)]
+        assert all(s <= 8 for s in sizes) and sum(sizes) == 30 and len(sizes) < 10
+        big, _ = await b.submit([str(i) for i in range(20)])  # larger than a batch: served alone
+        assert big == [str(i) for i in range(20)]
+        bad = await asyncio.gather(b.submit(["boom"]), b.submit(["fine"]), return_exceptions=True)
+        assert all(isinstance(x, RuntimeError) for x in bad)  # one batch, one failure for both
+        waiting = asyncio.ensure_future(b.submit(["gone"]))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        assert (await b.submit(["still works"]))[0] == ["STILL WORKS"]
+        await b.close()
+
+    asyncio.run(run())
+
+
+def test_request_stats_overhead_excludes_upstream_time() -> None:
+    import threading
+
+    from ragline.observability.context import RequestStats
+
+    stats = RequestStats()
+    with stats.upstream("local"):
+        time.sleep(0.05)
+    entered, release = threading.Event(), threading.Event()
+
+    def model_call() -> None:  # a blocking call in a worker thread, as the LLM's are
+        with stats.upstream():
+            entered.set()
+            release.wait()
+
+    t = threading.Thread(target=model_call)
+    t.start()
+    entered.wait()
+    time.sleep(0.03)
+    assert stats.deployment == "local"
+    assert stats.upstream_seconds() >= 0.08  # the open call counts up to now
+    assert stats.overhead_seconds() < 0.02
+    release.set()
+    t.join()
+    closed = stats.upstream_seconds()
+    time.sleep(0.01)
+    assert stats.upstream_seconds() == closed  # a finished call no longer grows
+    stats.add_upstream(5.0)
+    assert stats.overhead_seconds() == 0.0  # never negative
 
 
 # -- async chat jobs -----------------------------------------------------------------------------

@@ -112,3 +112,104 @@ def retrieval(
         )
     console.print(t)
     console.print(f"[dim]results written to {out_path}[/dim]")
+
+
+@eval_app.command("answers")
+def answers(
+    dataset: Annotated[
+        Path,
+        typer.Option("--dataset", "-d", help="BEIR-layout folder with answers.jsonl (reference answers)"),
+    ],
+    mode: Annotated[str, typer.Option("--mode", help="generate | extractive")] = "generate",
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="questions, evenly spaced over the dataset")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="qrels split: qrels/<split>.tsv")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="JSON results file (default: eval-results/<dataset>-answers-<mode>.json)"
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+) -> None:
+    """Answer a QA dataset's questions and score correctness (SQuAD EM/F1), citations and latency."""
+    from ragline.config import load_settings
+    from ragline.eval.answers import AnswerEvaluator, load_qa
+    from ragline.ingest.pipeline import Progress as IngestProgress
+
+    if mode not in ("generate", "extractive"):
+        raise typer.BadParameter("--mode must be generate or extractive")
+    settings = load_settings(config)
+    ds = load_qa(dataset, split)
+    out_path = out or Path("eval-results") / f"{ds.name}-answers-{mode}.json"
+    quiet = not sys.stderr.isatty()
+    with (
+        AnswerEvaluator(ds, settings) as ev,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
+        ) as bar,
+    ):
+        ingest_task = bar.add_task("index", total=None, info="")
+
+        def on_ingest(p: IngestProgress) -> None:
+            bar.update(
+                ingest_task, completed=p.docs_done, total=p.docs_total, info=f"docs · {p.chunks_done} chunks"
+            )
+
+        info = ev.prepare_index(on_ingest)
+        state = "reused" if info.reused else f"built in {info.ingest_seconds:.0f} s"
+        err.print(f"index {info.collection}: {info.indexed_documents} docs, {info.chunks} chunks ({state})")
+        n = len(ds.questions(limit))
+        q_task = bar.add_task("questions", total=n, info=mode)
+        result = ev.evaluate(
+            "generate" if mode == "generate" else "extractive",
+            limit=limit,
+            on_question=lambda done, total: bar.update(q_task, completed=done),
+        )
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    m = result.metrics()
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    def ms(v: float | int | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    t = Table(title=f"answers · {ds.name} · {mode} · {len(result.questions)} questions")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("what", style="dim")
+    t.add_row("exact match", pct(m["exact_match"]), "% SQuAD EM, max over references")
+    t.add_row("F1", pct(m["f1"]), "% SQuAD token F1, max over references")
+    t.add_row("contains", pct(m["contains"]), "% answers holding a reference")
+    t.add_row("not found", pct(m["not_found"]), '% "Not found" answers')
+    t.add_row(
+        "citation precision",
+        pct(m["citation_precision"]),
+        f"% of {m['citations_judged']} (sentence, \\[n]) pairs the cited chunk supports",
+    )
+    t.add_row("cited sentences", pct(m["cited_sentences"]), "% answer sentences with a citation")
+    t.add_row("gold in sources", pct(m["gold_in_sources"]), "% questions whose passage was a source")
+    lat, ttft = m["latency_ms"], m["ttft_ms"]
+    t.add_row("latency P50 / P95", f"{ms(lat['p50'])} / {ms(lat['p95'])}", "ms, Engine.answer")
+    t.add_row(
+        "TTFT P50 / P95",
+        f"{ms(ttft['p50'])} / {ms(ttft['p95'])}",
+        f"ms to the first token ({ttft['n']} streamed)",
+    )
+    console.print(t)
+    console.print(
+        f"[dim]a citation is supported when >= {result.support_threshold:.0%} of the sentence's "
+        "content words are in the cited chunk[/dim]"
+    )
+    console.print(f"[dim]results written to {out_path}[/dim]")

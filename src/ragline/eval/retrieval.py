@@ -10,6 +10,11 @@ Retrieval returns chunks; the metrics need documents. Each query fetches ``chunk
 chunks through the product's Retriever (the same call ``ragline search`` makes, with
 ``top_k=chunk_depth``) and keeps each document's best chunk score (max roll-up).
 Latency is the wall time of that call (query embedding included), one query at a time.
+
+Ingestion keeps one document of each group with identical content (exact de-duplication is
+always on). A BEIR run would index every copy and give them identical scores, so each retrieved
+document's score is also given to its identical copies before scoring (``expand_duplicates``);
+otherwise a query judged against a dropped copy would score a miss for retrieving its text.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,14 +33,16 @@ from typing import Any
 import numpy as np
 
 from ragline import __version__
+from ragline.answer.llm import LLM
 from ragline.config import Settings
 from ragline.embed.base import Embedder
 from ragline.engine import Engine
 from ragline.eval.beir import BeirDataset, load_beir
 from ragline.eval.metrics import DEFAULT_METRICS, evaluate
+from ragline.ingest.chunking import content_hash
 from ragline.ingest.pipeline import ProgressCallback
 from ragline.retrieval.retriever import Retriever
-from ragline.types import Hit, SearchMode
+from ragline.types import Hit, ParsedDocument, SearchMode
 
 ALL_MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 DEFAULT_CHUNK_DEPTH = 200
@@ -212,6 +219,32 @@ def roll_up(hits: Sequence[Hit]) -> dict[str, float]:
     return docs
 
 
+def duplicate_groups(docs: Iterable[ParsedDocument]) -> dict[str, list[str]]:
+    """doc id -> the other corpus documents with identical content (the hash ingestion de-duplicates on)."""
+    by_hash: dict[str, list[str]] = {}
+    for d in docs:
+        title = "" if d.title == Path(d.source).stem else d.title
+        by_hash.setdefault(content_hash(f"{title}\n{d.text}"), []).append(d.doc_id)
+    out: dict[str, list[str]] = {}
+    for ids in by_hash.values():
+        if len(ids) > 1:
+            for i in ids:
+                out[i] = [j for j in ids if j != i]
+    return out
+
+
+def expand_duplicates(docs: dict[str, float], groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Give each document's score to its identical copies (which ingestion did not index)."""
+    if not groups:
+        return docs
+    out = dict(docs)
+    for d, score in docs.items():
+        for other in groups.get(d, ()):
+            if other not in out or out[other] < score:
+                out[other] = score
+    return out
+
+
 # -- the service -------------------------------------------------------------------------
 
 
@@ -225,14 +258,16 @@ class RetrievalEvaluator:
         *,
         embedder: Embedder | None = None,
         chunk_depth: int = DEFAULT_CHUNK_DEPTH,
+        llm: LLM | None = None,
     ) -> None:
         if chunk_depth < 1:
             raise ValueError("chunk_depth must be at least 1")
         self.dataset = dataset
         self.settings = eval_settings(settings)
         self.chunk_depth = chunk_depth
-        self.engine = Engine(self.settings, embedder=embedder)
+        self.engine = Engine(self.settings, embedder=embedder, llm=llm)
         self._info: IndexInfo | None = None
+        self._duplicates: dict[str, list[str]] = {}
 
     def __enter__(self) -> RetrievalEvaluator:
         return self
@@ -277,13 +312,18 @@ class RetrievalEvaluator:
             failed=len(report.failed),
             empty=ds.empty_documents,
         )
+        self._duplicates = duplicate_groups(ds.iter_corpus()) if self._info.duplicates else {}
         return self._info
+
+    def expand(self, docs: dict[str, float]) -> dict[str, float]:
+        """Document scores with the identical copies ingestion dropped scored like the copy it kept."""
+        return expand_duplicates(docs, self._duplicates)
 
     def search_documents(self, query: str, mode: SearchMode) -> dict[str, float]:
         """The product's search at ``chunk_depth`` chunks, rolled up to document scores."""
         col = self.engine.collection(self.collection_name)
         retriever = Retriever(self.engine.embedder, self.settings.retrieval)
-        return roll_up(retriever.search(col.index, query, top_k=self.chunk_depth, mode=mode))
+        return self.expand(roll_up(retriever.search(col.index, query, top_k=self.chunk_depth, mode=mode)))
 
     def run_mode(self, mode: SearchMode, on_query: QueryProgress | None = None) -> ModeResult:
         ds = self.dataset
@@ -298,7 +338,7 @@ class RetrievalEvaluator:
             t0 = time.perf_counter()
             hits = retriever.search(col.index, text, top_k=self.chunk_depth, mode=mode)
             latencies.append((time.perf_counter() - t0) * 1000.0)
-            run[qid] = roll_up(hits)
+            run[qid] = self.expand(roll_up(hits))
             if on_query:
                 on_query(mode, i, total)
         ev = evaluate(run, ds.qrels, DEFAULT_METRICS)

@@ -1,10 +1,10 @@
 """An OpenAI-compatible server as a deployment (vLLM, llama.cpp server, Ollama, hosted APIs, ragline).
 
-One pooled ``httpx.AsyncClient`` per deployment, kept for the process's life: connections
-are reused across requests (no TCP/TLS handshake on the hot path) and bounded by
-``max_connections``. The request body goes out as the client sent it, only ``model``
-rewritten (the router does that). Timeouts: connect (httpx), time to first chunk and total
-(asyncio deadlines, also capped by what is left of the request's own deadline).
+One keep-alive connection pool per deployment (``httpclient.ConnectionPool``), kept for the
+process's life: connections are reused across requests (no TCP/TLS handshake on the hot
+path) and bounded by ``max_connections``. The request body goes out as the client sent it,
+only ``model`` rewritten (the router does that). Timeouts: connect (the pool), time to first
+chunk and total (asyncio deadlines, also capped by what is left of the request's own deadline).
 
 Streaming reads the SSE body line by line. Closing the iterator closes the response, which
 closes the connection mid-body: the upstream sees the client go away and stops generating.
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
+from ragline.gateway import codec, httpclient
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import (
     UpstreamConnectError,
@@ -51,7 +49,6 @@ class OpenAIDeployment:
         api_key: str | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_connections: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._name = name
         self._model = model
@@ -60,14 +57,9 @@ class OpenAIDeployment:
         headers = {"accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
-            # Upstreams are named explicitly; proxy variables meant for other traffic must not apply.
-            trust_env=False,
+        # Upstreams are named explicitly: no proxy variables or other environment lookups apply.
+        self._pool = httpclient.ConnectionPool(
+            self.base_url, max_connections=max_connections, connect_timeout=timeouts.connect, headers=headers
         )
 
     @property
@@ -82,17 +74,24 @@ class OpenAIDeployment:
 
     async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
         limit = min(self.timeouts.total, budget)
+        payload = codec.dumps(body)
         try:
             async with asyncio.timeout(limit):
-                response = await self._client.post("chat/completions", json=body)
+                response = await self._pool.request(
+                    "POST", "chat/completions", payload, content_type="application/json"
+                )
+                try:
+                    data = await response.read()
+                finally:
+                    await response.aclose()
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
-        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
+        except Exception as e:  # the client's errors, and whatever the transport leaks (see _transport_error)
             raise self._transport_error(e) from e
-        if response.status_code >= 400:
-            raise _status_error(self._name, response)
+        if response.status >= 400:
+            raise _status_error(self._name, response.status, response.headers, data)
         try:
-            result = response.json()
+            result = codec.loads(data)
         except ValueError as e:
             raise UpstreamProtocolError(self._name, "the answer is not JSON") from e
         if not isinstance(result, dict) or "choices" not in result:
@@ -106,29 +105,35 @@ class OpenAIDeployment:
         start = loop.time()
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
-        request = self._client.build_request("POST", "chat/completions", json=body)
+        payload = codec.dumps(body)
         try:
             async with asyncio.timeout_at(first_by):
-                response = await self._client.send(request, stream=True)
+                response = await self._pool.request(
+                    "POST",
+                    "chat/completions",
+                    payload,
+                    content_type="application/json",
+                    headers={"accept": "text/event-stream"},
+                )
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no response within {first_by - start:.2f} s") from e
-        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
+        except Exception as e:  # the client's errors, and whatever the transport leaks (see _transport_error)
             raise self._transport_error(e) from e
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 try:
                     async with asyncio.timeout_at(end):
-                        await response.aread()
-                except (TimeoutError, httpx.HTTPError) as e:
-                    raise UpstreamStatusError(self._name, response.status_code) from e
-                raise _status_error(self._name, response)
+                        data = await response.read()
+                except (TimeoutError, httpclient.HTTPError) as e:
+                    raise UpstreamStatusError(self._name, response.status) from e
+                raise _status_error(self._name, response.status, response.headers, data)
             async for chunk in self._events(response, start, first_by, end):
                 yield chunk
         finally:
             await response.aclose()
 
     async def _events(
-        self, response: httpx.Response, start: float, first_by: float, end: float
+        self, response: httpclient.Response, start: float, first_by: float, end: float
     ) -> AsyncIterator[dict[str, Any]]:
         decoder = SSEDecoder()
         lines = response.aiter_lines()
@@ -157,7 +162,7 @@ class OpenAIDeployment:
                 await _drain(lines)
                 return
             try:
-                chunk = json.loads(pending)
+                chunk = codec.loads(pending)
             except ValueError as e:
                 raise UpstreamProtocolError(self._name, "a stream event is not JSON") from e
             if not isinstance(chunk, dict):
@@ -176,27 +181,32 @@ class OpenAIDeployment:
 
     async def probe(self, timeout: float) -> None:
         try:
-            response = await self._client.get("models", timeout=timeout)
-        except Exception as e:  # httpx's errors, and whatever its transport leaks (see _transport_error)
+            async with asyncio.timeout(timeout):
+                response = await self._pool.request("GET", "models")
+                try:
+                    await response.read()
+                finally:
+                    await response.aclose()
+        except TimeoutError as e:
+            raise UpstreamTimeout(self._name, f"no answer to the probe within {timeout:.2f} s") from e
+        except Exception as e:  # the client's errors, and whatever the transport leaks (see _transport_error)
             raise self._transport_error(e) from e
-        if response.status_code >= 400:
-            raise UpstreamStatusError(self._name, response.status_code)
+        if response.status >= 400:
+            raise UpstreamStatusError(self._name, response.status)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
 
     def _transport_error(self, e: Exception) -> UpstreamError:
         reason = _reason(e)
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+        if isinstance(e, httpclient.ConnectError):
             return UpstreamConnectError(self._name, f"cannot connect to {self.base_url}: {reason}")
-        if isinstance(e, httpx.TimeoutException):
-            return UpstreamTimeout(self._name, f"timed out: {reason}")
-        if isinstance(e, httpx.TransportError):
+        if isinstance(e, httpclient.ConnectionLost | OSError):
             return UpstreamDisconnected(self._name, f"connection lost before the answer: {reason}")
-        if isinstance(e, httpx.HTTPError):
+        if isinstance(e, httpclient.HTTPError):
             return UpstreamProtocolError(self._name, reason)
-        # Not an httpx error: the connection died in a way the transport does not wrap (e.g. uvloop's
-        # getpeername() on a socket whose peer just vanished). Still a lost connection, not a bug here.
+        # Not the client's error: the connection died in a way the transport does not wrap (e.g.
+        # uvloop's getpeername() on a socket whose peer just vanished). Still a lost connection.
         log.warning("deployment %s: unexpected transport failure: %s", self._name, reason)
         return UpstreamDisconnected(self._name, f"connection lost: {reason}")
 
@@ -207,16 +217,16 @@ def _reason(e: BaseException) -> str:
 
 async def _drain(lines: AsyncIterator[str]) -> None:
     """Read the end of the body after [DONE], so the connection goes back to the pool instead of closing."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    with contextlib.suppress(TimeoutError, httpclient.HTTPError):
         async with asyncio.timeout(_DRAIN_S):
             async for _ in lines:
                 pass
 
 
-def _status_error(name: str, response: httpx.Response) -> UpstreamStatusError:
+def _status_error(name: str, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamStatusError:
     error: dict[str, Any] | None = None
     try:
-        payload = response.json()
+        payload = codec.loads(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict):
@@ -227,6 +237,4 @@ def _status_error(name: str, response: httpx.Response) -> UpstreamStatusError:
             error = {"message": err}
         elif isinstance(payload.get("detail"), str):
             error = {"message": payload["detail"]}
-    return UpstreamStatusError(
-        name, response.status_code, error, retry_after=parse_retry_after(response.headers.get("retry-after"))
-    )
+    return UpstreamStatusError(name, status, error, retry_after=parse_retry_after(headers.get("retry-after")))

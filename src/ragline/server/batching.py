@@ -145,6 +145,10 @@ class DynamicBatcher(Generic[T]):
             results = await loop.run_in_executor(self._executor, self._fn, texts)
             if len(results) != len(texts):
                 raise RuntimeError(f"{self._name}: {len(results)} results for {len(texts)} inputs")
+        except asyncio.CancelledError:  # shutting down: nobody waits forever
+            for item in batch:
+                item.future.cancel()
+            raise
         except Exception as e:  # every caller of the batch gets the model's error
             for item in batch:
                 if not item.future.done():
