@@ -52,7 +52,7 @@ class LLMSettings(BaseModel):
     path: Path | None = None
     n_ctx: int = Field(4096, ge=256)
     n_parallel: int = Field(4, ge=1, le=64, description="llama.cpp slots (continuous batching)")
-    threads: int = Field(0, ge=0, description="0 = all cores")
+    threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = half the cores (at least 1)")
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int = 42

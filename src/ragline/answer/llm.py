@@ -76,7 +76,10 @@ class LlamaCppLLM:
         params.n_ctx = n_ctx * n_parallel  # the context is shared between slots
         params.n_parallel = n_parallel
         params.cont_batching = True
-        n = threads or (os.cpu_count() or 1)
+        # llama.cpp spins its threads; sharing every core with the embedder and the event loop
+        # made generation 10-25x slower under load (bench/local_model_throughput.py), so the
+        # automatic choice leaves half the cores to the rest of the process.
+        n = threads or max(1, (os.cpu_count() or 2) // 2)
         params.cpuparams.n_threads = n
         params.cpuparams_batch.n_threads = n
         params.verbosity = -1
