@@ -57,7 +57,7 @@ DEFAULT_LITELLM_VENV = BENCH / ".litellm-venv"
 PATH = "/v1/chat/completions"
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 STREAM_BODY = {**BODY, "stream": True}
-TARGETS = ("direct", "ragline", "litellm")
+TARGETS = ("direct", "floor", "ragline", "litellm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -142,6 +142,14 @@ def start_mock(workdir: Path) -> Server:
     argv = [sys.executable, "-m", "bench.mock_upstream", "--port", str(_free_port())]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = _start("mock", argv, workdir, env)
+    _wait_ready(server, "/v1/models", 30)
+    return server
+
+
+def start_floor(workdir: Path, mock: Server) -> Server:
+    argv = [sys.executable, "-m", "bench.floor_proxy", "--port", str(_free_port())]
+    argv += ["--upstream-port", str(mock.port)]
+    server = _start("floor", argv, workdir, {**os.environ, "PYTHONPATH": str(REPO)})
     _wait_ready(server, "/v1/models", 30)
     return server
 
@@ -554,7 +562,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     ap.add_argument("--load-rounds", type=int, default=3)
-    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of direct,ragline,litellm")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS))
     ap.add_argument("--client", choices=["auto", "wrk", "asyncio"], default="auto", help="load client")
     ap.add_argument("--litellm-venv", type=Path, default=DEFAULT_LITELLM_VENV)
     ap.add_argument("--reinstall-litellm", action="store_true", help="run bench/litellm_setup.sh anyway")
@@ -584,6 +592,9 @@ def main() -> None:
         servers: dict[str, Server] = {}
         if "direct" in targets:
             servers["direct"] = mock
+        if "floor" in targets:
+            servers["floor"] = start_floor(tmp, mock)
+            started.append(servers["floor"])
         if "ragline" in targets:
             servers["ragline"] = start_ragline(tmp, mock)
             started.append(servers["ragline"])

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench._common import REPO, SHARED_DATA, median, percentile, write_result
+from bench._common import REPO, RESULTS, SHARED_DATA, median, percentile, write_result
 from ragline.answer.citations import split_sentences
 from ragline.config import EmbedderSettings, RetrievalSettings
 from ragline.embed.factory import build_embedder
@@ -413,6 +413,7 @@ def main() -> None:
     ap.add_argument("--glove", type=int, default=400_000, help="GloVe vectors to use (0 = skip)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached indexes")
     ap.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
+    ap.add_argument("--glove-only", action="store_true", help="GloVe only; keep the last run's chunk figures")
     args = ap.parse_args()
     efs = [int(e) for e in args.efs.split(",")]
     if args.embed_only:
@@ -420,7 +421,11 @@ def main() -> None:
         texts = [c["text"] for c in chunks]
         embed_cached(build_embedder(EmbedderSettings()), texts, texts_key(texts))
         return
-    result: dict[str, Any] = {"corpus_chunks": chunks_bench(args, efs)}
+    previous = RESULTS / "search_latency.json"
+    if args.glove_only and previous.exists():  # keep the chunk figures of the last full run
+        result: dict[str, Any] = {"corpus_chunks": json.loads(previous.read_text())["corpus_chunks"]}
+    else:
+        result = {"corpus_chunks": chunks_bench(args, efs)}
     if args.glove:
         result["glove"] = glove_bench(args.glove, efs, args.rebuild)
     c = result["corpus_chunks"]
@@ -428,6 +433,7 @@ def main() -> None:
     cmd = (
         f".venv/bin/python -m bench.search_latency --chunks {args.chunks} --queries {args.queries} "
         f"--rounds {args.rounds} --efs {args.efs} --glove {args.glove}"
+        + (" --glove-only" if args.glove_only else "")
     )
     out = write_result("search_latency", cmd, result)
     print(

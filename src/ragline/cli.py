@@ -255,6 +255,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default from settings: 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default from settings: 8000)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="log every request (costs CPU per request)")
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
     import uvicorn
@@ -271,7 +274,13 @@ def serve(
     engine = Engine(settings)
     app_ = create_app(engine, local_model=s.local_model, max_body_bytes=s.max_body_bytes)
     uvicorn.run(
-        app_, host=host or s.host, port=port or s.port, loop="uvloop", http="httptools", log_level="info"
+        app_,
+        host=host or s.host,
+        port=port or s.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+        access_log=access_log,  # off by default: a formatted, written line per request on the hot path
     )
 
 

@@ -18,6 +18,10 @@ from email.utils import parsedate_to_datetime
 
 from ragline.gateway.errors import UpstreamError, UpstreamStatusError
 
+#: uvloop's clock counts milliseconds, cached per loop iteration, so a timeout set from the time
+#: remaining can fire a little before the deadline; within this margin the deadline has passed.
+_CLOCK_SLACK_S = 0.005
+
 
 @dataclass(slots=True)
 class Deadline:
@@ -33,7 +37,7 @@ class Deadline:
         return self.at - time.monotonic()
 
     def expired(self) -> bool:
-        return time.monotonic() >= self.at
+        return time.monotonic() >= self.at - _CLOCK_SLACK_S
 
 
 class RetryPolicy:
