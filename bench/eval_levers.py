@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ class Config:
         elif self.fusion == "rrf":
             base = f"{self.level} rrf k={int(self.param)}"
         else:
-            base = f"{self.level} convex a={self.param:.1f}"
+            base = f"{self.level} convex a={self.param:g}"
         if self.cand != 200:
             base += f" cand={self.cand}"
         if self.prf_docs:
@@ -181,7 +182,8 @@ class Prf:
 
 
 def grid(limit: int) -> list[Config]:
-    fusions = [("rrf", float(k)) for k in (10, 30, 60)] + [("convex", a) for a in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    alphas = (0.3, 0.4, 0.45, 0.5, 0.6, 0.7)
+    fusions = [("rrf", float(k)) for k in (10, 30, 60)] + [("convex", a) for a in alphas]
     out = [Config("dense"), Config("bm25")]
     for prf in ((0, 0.0), (3, 0.5), (3, 1.0)):
         for level in ("chunk", "doc"):
@@ -219,7 +221,12 @@ def sweep(args: argparse.Namespace) -> None:
         prf = Prf(col.index, args.limit, doc_of)
 
         rows: list[dict[str, Any]] = []
-        for cfg in grid(args.limit):
+        pattern = re.compile(args.only) if args.only else None
+        singles = ("dense", "bm25")  # always swept: the margins are taken against them
+        configs = [
+            c for c in grid(args.limit) if not pattern or pattern.search(c.name) or c.fusion in singles
+        ]
+        for cfg in configs:
             t0 = time.perf_counter()
             run: dict[str, dict[str, float]] = {}
             for qid, q in per_query.items():
@@ -238,6 +245,7 @@ def sweep(args: argparse.Namespace) -> None:
 
     if args.json:
         data = json.loads(args.json.read_text()) if args.json.exists() else {}
+        old_rows = data.get("levers", {}).get("rows", [])
         data["levers"] = {
             "note": (
                 "query-time variants on the cached index; dense and BM25 chunk lists fetched once per "
@@ -253,6 +261,9 @@ def sweep(args: argparse.Namespace) -> None:
             },
             "rows": rows,
         }
+        if pattern and old_rows:  # a partial sweep: keep the rows it did not recompute
+            done = {r["variant"] for r in rows}
+            data["levers"]["rows"] = [r for r in old_rows if r["variant"] not in done] + rows
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -298,6 +309,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--limit", type=int, default=500, help="chunks fetched per retriever")
     ap.add_argument("--json", type=Path, default=None, help="eval JSON to add a 'levers' key to")
+    ap.add_argument("--only", default=None, help="regex: sweep only the configurations it matches")
     ap.add_argument("--summarize", type=Path, nargs="+", help="eval JSONs with levers: print the table")
     ap.add_argument("--md", type=Path, default=None, help="with --summarize: write the table here")
     args = ap.parse_args()

@@ -3,23 +3,26 @@
     .venv/bin/python -m bench.gateway_overhead [--requests 1000] [--stream-requests 300]
         [--duration 10] [--load-rounds 3] [--connections 64] [--litellm-venv bench/.litellm-venv]
 
-Three targets on 127.0.0.1, all in front of one mock upstream (``bench/mock_upstream.py``,
-which does no work):
+Targets on 127.0.0.1, all in front of one mock upstream (``bench/mock_upstream.py``, which
+does no work):
 
 - ``direct``:  client -> mock
+- ``floor``:   client -> a do-nothing pure-ASGI proxy on uvicorn (``bench/floor_proxy.py``) -> mock;
+  a reference row: what a bare Python hop costs on this machine, before any gateway logic
 - ``ragline``: client -> ``ragline serve`` (gateway model ``mock``, one ``openai`` deployment) -> mock
 - ``litellm``: client -> LiteLLM proxy (model ``mock`` -> ``openai/mock``, 1 worker) -> mock
 
 LiteLLM runs from its own virtualenv, created by ``bench/litellm_setup.sh`` when missing. It runs
 without a database, with telemetry off, the local model cost map (no fetch), its logs at ERROR
 and no master key (``LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY``: ragline has no auth
-either).
+either). ``ragline serve`` runs with its defaults.
 
 Measured, every phase interleaved across the targets (rotating order, in rounds) so drift on
 a shared machine hits all of them alike:
 
 1. sequential non-streaming requests over one keep-alive connection per target (httpx):
-   latency P50/P99, and added over ``direct``;
+   latency P50/P99, added over ``direct``, and the serving process's CPU per request (robust
+   to a busy machine, unlike wall-clock latency);
 2. streaming: time to the first body byte, added over ``direct``;
 3. load: 64 concurrent connections (``wrk``, installed with apt-get when missing; an asyncio
    client otherwise) for ``--duration`` s: RPS, P99, and RPS per core = requests / CPU seconds

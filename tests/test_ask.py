@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ragline import Engine, load_settings
-from ragline.answer.llm import Completion, LlamaCppLLM, TokenCallback
+from ragline.answer.llm import Completion, LlamaCppLLM
 from ragline.answer.prompt import NOT_FOUND
 from ragline.config import Settings
 from ragline.embed.onnx import OnnxEmbedder
@@ -51,20 +51,14 @@ class CountingLLM:
     def name(self) -> str:
         return self._inner.name
 
-    def chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        on_token: TokenCallback | None = None,
-    ) -> Completion:
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Completion:
         self.calls += 1
-        self.last = self._inner.chat(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed, on_token=on_token
-        )
+        self.last = self._inner.chat(messages, **kwargs)
+        return self.last
+
+    def complete(self, prompt: str, **kwargs: Any) -> Completion:
+        self.calls += 1
+        self.last = self._inner.complete(prompt, **kwargs)
         return self.last
 
 
@@ -83,9 +77,7 @@ def counting_llm(llm: LlamaCppLLM) -> CountingLLM:
 
 
 @pytest.fixture
-def engine(
-    corpus_settings: Settings, embedder: OnnxEmbedder, counting_llm: CountingLLM
-) -> Iterator[Engine]:
+def engine(corpus_settings: Settings, embedder: OnnxEmbedder, counting_llm: CountingLLM) -> Iterator[Engine]:
     with Engine(corpus_settings, embedder=embedder, llm=counting_llm) as eng:
         yield eng
 

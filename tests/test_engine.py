@@ -482,20 +482,24 @@ def test_convex_fusion(mode_engine: tuple[Engine, dict[str, str]]) -> None:
     query = "telescopes measure the redshift of distant galaxies"
     assert engine.search(query, mode="dense", top_k=1)[0].doc_id == ids["astronomy"]
     assert engine.search(query, mode="bm25", top_k=1)[0].doc_id == ids["astronomy"]
-    rrf = engine.search(query, mode="hybrid", top_k=5)
+    rrf = engine.search(query, mode="hybrid", top_k=5, fusion_method="rrf")
     convex = engine.search(query, mode="hybrid", top_k=5, fusion_method="convex")
     assert convex[0].doc_id == ids["astronomy"]
     # top of both lists: alpha * 1 + (1 - alpha) * 1
     assert convex[0].score == pytest.approx(1.0)
     assert all(0.0 <= h.score <= 1.0 for h in convex)
     assert [h.score for h in convex] == sorted((h.score for h in convex), reverse=True)
-    assert rrf[0].score < 0.05  # rrf scores are sums of 1/(k + rank): a different scale
+    # rrf scores are sums of 1/(k + rank): a different scale
+    assert rrf[0].score <= 2 / (engine.settings.retrieval.rrf_k + 1) + 1e-9 < 1.0
     with pytest.raises(ValueError):
         engine.search(query, fusion_method="borda")
 
     r = engine.settings.retrieval
+    saved = (r.convex_alpha, r.fusion, r.prf_docs)
     try:
-        # alpha=1 is pure dense order, alpha=0 pure bm25 order (over the fused candidates)
+        # alpha=1 is pure dense order, alpha=0 pure bm25 order (over the fused candidates);
+        # without pseudo-relevance feedback, which re-runs the dense side with a moved query
+        r.prf_docs = 0
         r.convex_alpha = 1.0
         # (min-max scaling gives each list's last candidate 0, so compare the positive scores)
         fused = engine.search(query, mode="hybrid", top_k=3, fusion_method="convex")
@@ -508,14 +512,16 @@ def test_convex_fusion(mode_engine: tuple[Engine, dict[str, str]]) -> None:
         bm25 = engine.search(query, mode="bm25", top_k=3)
         assert positive and positive == [h.chunk_id for h in bm25][: len(positive)]
         # chosen through the settings (retrieval.fusion) rather than per call
-        r.convex_alpha = 0.5
+        r.convex_alpha, r.prf_docs = saved[0], saved[2]
+        r.fusion = "rrf"
+        assert engine.search(query, mode="hybrid", top_k=5, fusion_method="convex") == convex
         r.fusion = "convex"
         by_settings = engine.search(query, mode="hybrid", top_k=5)
         assert [(h.chunk_id, round(h.score, 6)) for h in by_settings] == [
             (h.chunk_id, round(h.score, 6)) for h in convex
         ]
     finally:
-        r.convex_alpha, r.fusion = 0.5, "rrf"
+        r.convex_alpha, r.fusion, r.prf_docs = saved
 
 
 def test_unknown_mode_raises(mode_engine: tuple[Engine, dict[str, str]]) -> None:

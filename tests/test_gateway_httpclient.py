@@ -283,7 +283,22 @@ async def served(tmp_path: Any) -> AsyncIterator[tuple[httpx.AsyncClient, list[d
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
+    async def stream(body: dict[str, Any], *, budget: float) -> AsyncIterator[dict[str, Any]]:
+        seen.append(body)
+        base = {"id": "x", "object": "chat.completion.chunk", "model": body["model"]}
+        yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        for word in ("hel", "lo"):
+            yield {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield {
+                **base,
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }
+
     deployment.complete = complete
+    deployment.stream = stream
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client, seen
@@ -336,3 +351,24 @@ async def test_fast_path_leaves_errors_to_the_route(
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]["message"]
     assert not seen
+
+
+async def test_fast_path_streams_like_the_route(
+    served: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+) -> None:
+    client, seen = served
+    body = {"model": "gw", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    answers = []
+    for ctype in ("application/json", "application/vnd.x+json"):  # the fast path, then the FastAPI route
+        r = await client.post(
+            "/v1/chat/completions", content=json.dumps(body), headers={"content-type": ctype}
+        )
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        answers.append([json.loads(e) for e in events[:-1]])
+    assert answers[0] == answers[1]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in answers[0] if c["choices"])
+    assert text == "hello" and not any(c.get("usage") for c in answers[0])  # usage only when asked
+    # usage is asked upstream anyway (for the token metrics)
+    assert seen[0]["stream_options"] == {"include_usage": True} and seen[0]["model"] == "up-model"

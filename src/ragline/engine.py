@@ -26,6 +26,7 @@ from ragline.errors import CollectionNotFound
 from ragline.index.filters import Filter, parse_filters
 from ragline.ingest.pipeline import Ingestor, ProgressCallback
 from ragline.ingest.registry import DocRecord
+from ragline.retrieval.rerank import Reranker, build_reranker
 from ragline.retrieval.retriever import Retriever
 from ragline.types import Answer, AnswerMode, Hit, IngestReport, ParsedDocument, SearchMode, Usage
 
@@ -42,6 +43,7 @@ class Engine:
         self.settings = settings or load_settings(**overrides)
         self._embedder = embedder
         self._llm = llm
+        self._reranker: Reranker | None = None
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
 
@@ -67,6 +69,23 @@ class Engine:
             if self._embedder is None:
                 self._embedder = build_embedder(self.settings.embedder)
             return self._embedder
+
+    @property
+    def reranker(self) -> Reranker:
+        with self._lock:
+            if self._reranker is None:
+                self._reranker = build_reranker(self.settings.rerank)
+            return self._reranker
+
+    def _retrieve(self, col: Collection, query: str, top_k: int, **kwargs: Any) -> list[Hit]:
+        """First stage (retriever), then the optional second stage (reranker) down to top_k."""
+        retriever = Retriever(self.embedder, self.settings.retrieval)
+        if self.settings.rerank.kind == "none":
+            return retriever.search(col.index, query, top_k=top_k, **kwargs)
+        first = retriever.search(
+            col.index, query, top_k=max(top_k, self.settings.rerank.candidates), **kwargs
+        )
+        return self.reranker.rerank(query, first, top_k)
 
     @property
     def llm(self) -> LLM:
@@ -147,8 +166,9 @@ class Engine:
     ) -> list[Hit]:
         col = self.collection(collection)
         flt = parse_filters(filters) if isinstance(filters, list) else filters
-        retriever = Retriever(self.embedder, self.settings.retrieval)
-        return retriever.search(col.index, query, top_k=top_k, mode=mode, flt=flt, **kwargs)
+        return self._retrieve(
+            col, query, top_k or self.settings.retrieval.top_k, mode=mode, flt=flt, **kwargs
+        )
 
     # -- answers ------------------------------------------------------------------------
 
@@ -171,7 +191,7 @@ class Engine:
         retriever = Retriever(self.embedder, self.settings.retrieval)
         t0 = time.perf_counter()
         qvec = retriever.embed_query(question)
-        hits = retriever.search(col.index, question, top_k=top_k or a.top_k, flt=flt, query_vector=qvec)
+        hits = self._retrieve(col, question, top_k or a.top_k, flt=flt, query_vector=qvec)
         _fill_dense_scores(col, hits, qvec)
         usage = Usage(retrieval_ms=(time.perf_counter() - t0) * 1000)
         answerer = Answerer(self.embedder, a, self.settings.llm)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ragline.answer import citations as cit
 from ragline.answer.llm import LLM, TokenCallback
-from ragline.answer.prompt import NOT_FOUND, build_messages, select_sources
+from ragline.answer.prompt import NOT_FOUND, build_messages, excerpts, select_sources
 from ragline.config import AnswerSettings, LLMSettings
 from ragline.embed.base import Embedder
 from ragline.types import Answer, AnswerMode, Citation, Hit, Usage
@@ -76,7 +76,11 @@ class Answerer:
         on_token: TokenCallback | None = None,
     ) -> Answer:
         sources = select_sources(hits, self._settings.context_tokens)
-        messages = build_messages(question, sources)
+        texts = None
+        if self._settings.context_sentences:
+            qvec = self._embedder.embed_queries([question])[0]
+            texts = excerpts(qvec, sources, self._embedder, self._settings.context_sentences)
+        messages = build_messages(question, sources, texts)
         t0 = time.perf_counter()
         completion = llm.chat(
             messages,
@@ -88,7 +92,7 @@ class Answerer:
         usage.generation_ms = (time.perf_counter() - t0) * 1000
         usage.prompt_tokens = completion.prompt_tokens
         usage.completion_tokens = completion.completion_tokens
-        text = completion.text.strip()
+        text = cit.tidy(completion.text)
         if not text or NOT_FOUND.lower().rstrip(".") in text.lower():
             return Answer(NOT_FOUND, [], list(sources), usage, "generate", found=False)
         text = cit.strip_invalid(text, len(sources))

@@ -38,6 +38,40 @@ def strip_invalid(text: str, n_sources: int) -> str:
     return _CITE.sub(fix, text)
 
 
+_ECHO = re.compile(r"^(?:Question|Sources?|Answer)\s*:", re.I)
+_ANSWER = re.compile(r"^Answer\s*:\s*", re.I)
+
+
+def tidy(text: str) -> str:
+    """Clean a small model's habits: drop lines that hold only citation markers or echo the
+    prompt ("Question: ...", "Sources:"), and stop at the first sentence said a second time."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in text.split("\n"):
+        s = line.strip()
+        if not s:
+            out.append("")
+            continue
+        if not _CITE.sub("", s).strip(" ,;.:-"):
+            continue
+        if _ECHO.match(s) and not (_ANSWER.match(s) and _ANSWER.sub("", s)):
+            continue
+        kept: list[str] = []
+        repeated = False
+        for sentence in split_sentences(_ANSWER.sub("", s)):
+            key = _CITE.sub("", sentence).strip().lower()
+            if key and key in seen:
+                repeated = True
+                break
+            seen.add(key)
+            kept.append(sentence)
+        if kept:
+            out.append(" ".join(kept))
+        if repeated:
+            break
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
+
+
 def make_citation(number: int, hit: Hit, inferred: bool = False) -> Citation:
     return Citation(
         number=number,

@@ -66,7 +66,15 @@ def smollm2_path() -> Path:
 
 
 class LlamaCppLLM:
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_parallel: int = 4, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_parallel: int = 4,
+        threads: int = 0,
+        dry_multiplier: float = 0.0,
+    ) -> None:
         import xllamacpp as xl
 
         if not model_path.is_file():
@@ -82,6 +90,7 @@ class LlamaCppLLM:
         n = threads or max(1, (os.cpu_count() or 2) // 2)
         params.cpuparams.n_threads = n
         params.cpuparams_batch.n_threads = n
+        params.sampling.dry_multiplier = dry_multiplier  # a request's own value wins
         params.verbosity = -1
         params.warmup = False
         try:
@@ -216,4 +225,10 @@ def build_llm(cfg: LLMSettings) -> LlamaCppLLM:
         if cfg.path is None:
             raise ModelLoadError("llm.kind=gguf needs llm.path (a .gguf file)")
         path = cfg.path
-    return LlamaCppLLM(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, threads=cfg.threads)
+    return LlamaCppLLM(
+        path,
+        n_ctx=cfg.n_ctx,
+        n_parallel=cfg.n_parallel,
+        threads=cfg.threads,
+        dry_multiplier=cfg.dry_multiplier,
+    )

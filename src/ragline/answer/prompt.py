@@ -1,18 +1,34 @@
-"""The RAG prompt: numbered sources within a token budget, and the grounding instructions."""
+"""The RAG prompt: numbered sources within a token budget, and the grounding instructions.
+
+The default model (SmolLM2-135M) mostly copies what it is given, so the prompt is shaped for
+that (measured on questions about ragline's own docs): the question comes first and again at
+the end, each source shows only its sentences most similar to the question (``excerpts``), and
+hard-wrapped lines are joined so copied text reads as prose.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
+
+from ragline.answer.citations import split_sentences
+from ragline.embed.base import Embedder
 from ragline.types import Hit
 
 NOT_FOUND = "Not found in the provided documents."
 
-SYSTEM = (
-    "You are a careful assistant. Answer the question using only the numbered sources. "
-    "After each sentence, cite the source it comes from as [n]. "
-    f'If the sources do not contain the answer, reply exactly: "{NOT_FOUND}"'
-)
+SYSTEM = "You answer questions using only the numbered sources you are given."
+
+# A line break inside a paragraph (not before a list item) is a hard wrap.
+_WRAP = re.compile(r"(?<=\S)\n(?!\n|\s*(?:[-*\u2022]|\d+[.)])\s)")
+
+
+def flow(text: str) -> str:
+    """Join hard-wrapped lines (PDF pages, wrapped Markdown); paragraphs and list items stay."""
+    return _WRAP.sub(" ", text)
 
 
 def select_sources(hits: Sequence[Hit], budget_tokens: int) -> list[Hit]:
@@ -37,7 +53,38 @@ def source_label(hit: Hit) -> str:
     return " — ".join(parts)
 
 
-def build_messages(question: str, sources: Sequence[Hit]) -> list[dict[str, str]]:
-    blocks = [f"[{i}] {source_label(h)}\n{h.text}" for i, h in enumerate(sources, start=1)]
-    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer (cite sources as [n]):"
+def excerpts(
+    query_vector: npt.NDArray[np.float32], sources: Sequence[Hit], embedder: Embedder, sentences: int
+) -> list[str]:
+    """For each source, its sentences among the ``sentences`` most similar to the question, in
+    document order ("" for a source with none of them)."""
+    candidates: list[tuple[int, int, str]] = []
+    for i, h in enumerate(sources):
+        for j, s in enumerate(split_sentences(flow(h.text))):
+            if len(s.split()) >= 4:
+                candidates.append((i, j, s))
+    if not candidates:
+        return [flow(h.text) for h in sources]
+    sims = embedder.embed_documents([s for _, _, s in candidates]) @ query_vector
+    best = sorted(np.argsort(-sims)[:sentences].tolist(), key=lambda t: candidates[t][:2])
+    out = [""] * len(sources)
+    for t in best:
+        i, _, s = candidates[t]
+        out[i] = f"{out[i]} {s}".strip()
+    return out
+
+
+def build_messages(
+    question: str, sources: Sequence[Hit], texts: Sequence[str] | None = None
+) -> list[dict[str, str]]:
+    """Chat messages for a grounded answer; ``texts`` replace the sources' texts (excerpts)."""
+    bodies = list(texts) if texts is not None else [flow(h.text) for h in sources]
+    blocks = [f"[{i}] {t}" for i, t in enumerate(bodies, start=1) if t]
+    user = (
+        f"Question: {question}\n\nSources:\n"
+        + "\n\n".join(blocks)
+        + f'\n\nUsing only the sources, answer the question "{question}" in one or two sentences. '
+        "End each sentence with the number of its source, like [1]. "
+        f'If the sources do not answer it, reply exactly: "{NOT_FOUND}"'
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

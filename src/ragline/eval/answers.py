@@ -324,6 +324,10 @@ class QuestionResult:
     ttft_ms: float | None
     gold_in_sources: bool | None
     citations: CitationStats
+    retrieval_ms: float = 0.0
+    generation_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -338,6 +342,10 @@ class QuestionResult:
             "latency_ms": round(self.latency_ms, 1),
             "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
             "gold_in_sources": self.gold_in_sources,
+            "retrieval_ms": round(self.retrieval_ms, 1),
+            "generation_ms": round(self.generation_ms, 1),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "citations": [c.to_dict() for c in self.citations.checks],
         }
 
@@ -425,6 +433,9 @@ class AnswerEvalResult:
             "gold_in_sources": None if gold is None else round(gold, 4),
             "latency_ms": self.latency,
             "ttft_ms": self.ttft,
+            "retrieval_ms": _stats([q.retrieval_ms for q in self.questions]),
+            "prompt_tokens_mean": round(self._mean([q.prompt_tokens for q in self.questions]), 1),
+            "completion_tokens_mean": round(self._mean([q.completion_tokens for q in self.questions]), 1),
         }
 
     def to_dict(self, per_question: bool = True) -> dict[str, Any]:
@@ -525,6 +536,10 @@ class AnswerEvaluator:
             ttft_ms=ttft,
             gold_in_sources=gold,
             citations=stats,
+            retrieval_ms=answer.usage.retrieval_ms,
+            generation_ms=answer.usage.generation_ms,
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
         )
 
     def evaluate(

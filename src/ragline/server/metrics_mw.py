@@ -77,6 +77,7 @@ class MetricsMiddleware:
         self._requests: dict[tuple[str, str, str, str], Counter] = {}
         self._latency: dict[tuple[str, str], Histogram] = {}
         self._overhead: dict[str, Histogram] = {}
+        self._ttft: dict[tuple[str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,9 +127,24 @@ class MetricsMiddleware:
             overhead = self._overhead[route] = OVERHEAD.labels(route)
         overhead.observe(stats.overhead_seconds(now))
         if stats.first_token_at is not None:
-            TIME_TO_FIRST_TOKEN.labels(model, deployment).observe(stats.first_token_at - stats.start)
+            ttft = self._ttft.get((model, deployment))
+            if ttft is None:
+                ttft = self._ttft[(model, deployment)] = TIME_TO_FIRST_TOKEN.labels(model, deployment)
+            ttft.observe(stats.first_token_at - stats.start)
         if stats.prompt_tokens or stats.completion_tokens:
             observe_usage(model, deployment, stats.usage())
+
+
+#: Token counter children by (model, deployment, direction): labels() takes a lock and builds tuples.
+_TOKEN_COUNTERS: dict[tuple[str, str, str], Counter] = {}
+
+
+def _tokens(model: str, deployment: str, direction: str) -> Counter:
+    key = (model, deployment, direction)
+    counter = _TOKEN_COUNTERS.get(key)
+    if counter is None:
+        counter = _TOKEN_COUNTERS[key] = TOKENS.labels(*key)
+    return counter
 
 
 def observe_usage(model: str, deployment: str, usage: Any) -> None:
@@ -137,6 +153,6 @@ def observe_usage(model: str, deployment: str, usage: Any) -> None:
         return
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     if prompt:
-        TOKENS.labels(model, deployment, "prompt").inc(prompt)
+        _tokens(model, deployment, "prompt").inc(prompt)
     if completion:
-        TOKENS.labels(model, deployment, "completion").inc(completion)
+        _tokens(model, deployment, "completion").inc(completion)
