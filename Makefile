@@ -44,7 +44,7 @@ unit: dev
 
 test: lint typecheck unit
 
-bench: setup
+bench: dev
 	$(BIN)/python -m bench.run_all
 
 clean:
