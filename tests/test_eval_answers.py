@@ -79,6 +79,11 @@ def test_cited_sentences_moves_leading_markers_back() -> None:
         ("Workers collect nectar.", [2]),
         ("An uncited one.", []),
     ]
+    markers_first = "[1] Bees dance to share food locations. [2] Workers collect nectar."
+    assert cited_sentences(markers_first) == [
+        ("[1] Bees dance to share food locations.", [1]),
+        ("[2] Workers collect nectar.", [2]),
+    ]
 
 
 def test_content_words_and_support() -> None:

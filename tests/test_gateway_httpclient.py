@@ -99,6 +99,9 @@ async def test_content_length_keep_alive_and_request_shape() -> None:
         for _ in range(3):
             resp = await pool.request("POST", "chat/completions", b'{"x":1}', content_type="application/json")
             assert resp.status == 200 and await _body(resp) == b'{"a":1}'
+        for _ in range(2):
+            got = await pool.fetch("POST", "chat/completions", b'{"x":1}', content_type="application/json")
+            assert got == (200, {"content-length": "7"}, b'{"a":1}')
         await pool.aclose()
     assert srv.connections == 1  # one connection, reused
     head, body = log[0].split(b"\r\n\r\n", 1)
@@ -158,8 +161,9 @@ async def test_stale_keep_alive_connection_is_retried_once_on_a_new_one() -> Non
         pool = httpclient.ConnectionPool(srv.url)
         assert await _body(await pool.request("GET", "models")) == b"first"
         assert await _body(await pool.request("GET", "models")) == b"first"
+        assert await pool.fetch("GET", "models") == (200, {"content-length": "5"}, b"first")
         await pool.aclose()
-    assert srv.connections == 2
+    assert srv.connections == 3
 
 
 async def test_lost_connection_mid_body_and_not_http() -> None:

@@ -20,7 +20,8 @@ Metrics (means over the evaluated questions unless said otherwise):
 - ``not_found``: the share of questions answered "Not found in the provided documents."
 - ``citation_precision``: micro-averaged over every (answer sentence, cited number) pair of the
   found answers. A sentence's citations are the ``[n]`` markers in it (a marker that opens a
-  sentence belongs to the one before: extractive answers write ``sentence. [n]``). The pair is
+  sentence belongs to the one before - extractive answers write ``sentence. [n]`` - unless the
+  answer itself opens with one: ``[1] sentence. [2] sentence.``). The pair is
   *supported* when at least ``support_threshold`` (default 0.5) of the sentence's content words
   occur in the cited chunk (its title and text): content words are the SQuAD-normalised tokens
   that are not English stop words, compared after stripping a plural ``s``. Token containment,
@@ -32,7 +33,8 @@ Metrics (means over the evaluated questions unless said otherwise):
 - ``latency_ms``: the wall time of ``Engine.answer`` (query embedding, retrieval, generation,
   citation attribution), P50/P95/mean. ``ttft_ms``: from the call to the first streamed token,
   over the questions where the model was called (generate mode; an answer that retrieval already
-  judges "Not found" streams nothing). Extractive answers stream nothing: no TTFT.
+  judges "Not found" streams nothing). Extractive answers stream nothing: no TTFT. Each question
+  also records the answer's usage (retrieval and generation ms, prompt and completion tokens).
 
 One untimed answer to an unrelated question comes first (the first ONNX run and the first LLM
 call are slow). ``limit`` picks that many questions evenly spaced over the dataset's question
@@ -155,14 +157,16 @@ def support(sentence: str, chunk_text: str) -> float | None:
 def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
     """Answer sentences with the citation numbers each carries.
 
-    A marker run that opens a sentence is moved to the sentence before it (``A. [1] B. [2]``
-    cites 1 for A and 2 for B).
+    Markers normally close their sentence, so a marker run that opens a sentence is moved to the
+    sentence before it (``A. [1] B. [2]`` cites 1 for A and 2 for B). An answer that itself opens
+    with a marker puts its markers first (``[1] A. [2] B.``): then every marker stays put.
     """
     out: list[tuple[str, list[int]]] = []
+    markers_first = _LEADING_MARKERS.match(text.strip()) is not None
     for raw in split_sentences(text):
         s = raw
         m = _LEADING_MARKERS.match(s)
-        if m and out:
+        if m and out and not markers_first:
             prev, nums = out[-1]
             out[-1] = (prev, nums + [n for n in _numbers(m.group(1)) if n not in nums])
             s = s[m.end() :].strip()
@@ -570,7 +574,10 @@ class AnswerEvaluator:
         if mode == "generate":
             used["llm"] = {
                 "name": self.engine.llm.name,
-                **s.llm.model_dump(mode="json", include={"max_tokens", "temperature", "seed", "n_ctx"}),
+                **s.llm.model_dump(
+                    mode="json",
+                    include={"max_tokens", "temperature", "seed", "n_ctx", "n_parallel", "threads"},
+                ),
             }
         return AnswerEvalResult(
             dataset=self.dataset.name,

@@ -75,13 +75,16 @@ class Response:
         "_head",
         "_header_list",
         "_waiter",
+        "_whole",
         "headers",
         "received",
         "status",
     )
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, whole: bool = False) -> None:
         self._conn: _Connection | None = conn
+        #: Read whole before the caller resumes: no backpressure, no wake-up at the headers.
+        self._whole = whole
         self.status = 0
         #: Header names in lower case; repeated headers joined with ", ".
         self.headers: dict[str, str] = {}
@@ -117,7 +120,8 @@ class Response:
         elif encoding == "deflate":
             self._decoder = zlib.decompressobj()
         self._head = True
-        self._wake()
+        if not self._whole:
+            self._wake()
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
@@ -129,6 +133,8 @@ class Response:
             if not data:
                 return
         self._chunks.append(data)
+        if self._whole:
+            return
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and self._conn is not None:
             self._conn.pause()
@@ -164,6 +170,12 @@ class Response:
             if self._error is not None:
                 raise self._error
             await self._wait()
+
+    async def _wait_done(self) -> None:
+        while not self._done:
+            await self._wait()
+        if self._error is not None:
+            raise self._error
 
     async def read(self) -> bytes:
         """The whole body; the connection goes back to the pool."""
@@ -303,9 +315,9 @@ class _Connection(asyncio.Protocol):
 
     # -- the pool's side ---------------------------------------------------------------------
 
-    def send(self, data: bytes) -> Response:
+    def send(self, data: bytes, whole: bool = False) -> Response:
         assert self.transport is not None
-        self.response = resp = Response(self)
+        self.response = resp = Response(self, whole)
         self.transport.write(data)
         return resp
 
@@ -392,6 +404,36 @@ class ConnectionPool:
     ) -> Response:
         """Send a request; return once the status and headers are in. The caller reads the body, then
         closes the response (``aclose``)."""
+        return await self._exchange(self._encode(method, path, body, content_type, headers), whole=False)
+
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send a request and read the whole response: (status, headers, body).
+
+        The caller is resumed once, when the response is complete (not at its headers and again
+        at its body), and the connection is back in the pool by then.
+        """
+        resp = await self._exchange(self._encode(method, path, body, content_type, headers), whole=True)
+        data = b"".join(resp._chunks)
+        resp._chunks.clear()
+        resp._release()
+        return resp.status, resp.headers, data
+
+    def _encode(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        content_type: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> bytes:
         target = self.prefix + "/" + path.lstrip("/")
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._static_headers]
         if headers:
@@ -403,12 +445,14 @@ class ConnectionPool:
         head.append(b"\r\n")
         if body:
             head.append(body)
-        data = b"".join(head)
+        return b"".join(head)
+
+    async def _exchange(self, data: bytes, *, whole: bool) -> Response:
         for attempt in (0, 1):
             conn = await self._acquire()
-            resp = conn.send(data)
+            resp = conn.send(data, whole)
             try:
-                await resp._wait_head()
+                await (resp._wait_done() if whole else resp._wait_head())
             except ConnectionLost:
                 conn.close()
                 if attempt == 0 and conn.reused and not resp.received:

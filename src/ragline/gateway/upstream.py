@@ -77,19 +77,15 @@ class OpenAIDeployment:
         payload = codec.dumps(body)
         try:
             async with asyncio.timeout(limit):
-                response = await self._pool.request(
+                status, headers, data = await self._pool.fetch(
                     "POST", "chat/completions", payload, content_type="application/json"
                 )
-                try:
-                    data = await response.read()
-                finally:
-                    await response.aclose()
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
         except Exception as e:  # the client's errors, and whatever the transport leaks (see _transport_error)
             raise self._transport_error(e) from e
-        if response.status >= 400:
-            raise _status_error(self._name, response.status, response.headers, data)
+        if status >= 400:
+            raise _status_error(self._name, status, headers, data)
         try:
             result = codec.loads(data)
         except ValueError as e:
@@ -182,17 +178,13 @@ class OpenAIDeployment:
     async def probe(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                response = await self._pool.request("GET", "models")
-                try:
-                    await response.read()
-                finally:
-                    await response.aclose()
+                status, _, _ = await self._pool.fetch("GET", "models")
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer to the probe within {timeout:.2f} s") from e
         except Exception as e:  # the client's errors, and whatever the transport leaks (see _transport_error)
             raise self._transport_error(e) from e
-        if response.status >= 400:
-            raise UpstreamStatusError(self._name, response.status)
+        if status >= 400:
+            raise UpstreamStatusError(self._name, status)
 
     async def aclose(self) -> None:
         await self._pool.aclose()
