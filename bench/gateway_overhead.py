@@ -593,6 +593,7 @@ def main() -> None:
     venv = litellm_venv(args.litellm_venv, args.reinstall_litellm) if "litellm" in targets else None
 
     tmp = Path(tempfile.mkdtemp(prefix="ragline-gw-bench-"))
+    load_start = os.getloadavg()[0]
     started: list[Server] = []
     try:
         mock = start_mock(tmp)
@@ -611,7 +612,7 @@ def main() -> None:
             servers["litellm"] = start_litellm(tmp, mock, venv)
             started.append(servers["litellm"])
         pids = {n: s.proc.pid for n, s in servers.items()}
-        print(f"servers up: {pids} (logs in {tmp})", flush=True)
+        print(f"servers up: {pids} (logs in {tmp}, removed after a successful run)", flush=True)
         if args.hold > 0:
             time.sleep(args.hold)
         print(f"sequential: {args.requests} per target ...", flush=True)
@@ -628,9 +629,12 @@ def main() -> None:
     finally:
         for s in reversed(started):
             s.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # the servers' logs and data; kept when the run failed
     print_table(seq, stream, ld)
     result: dict[str, Any] = {
         "targets": targets,
+        # 1-minute load average at the start and the end: the machine may be shared
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "litellm_version": litellm_version(venv) if venv else None,
         "sequential": seq,
         "streaming": stream,

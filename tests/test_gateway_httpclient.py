@@ -13,7 +13,11 @@ import asyncio
 import gzip
 import json
 import math
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -246,6 +250,36 @@ async def test_closing_a_stream_early_closes_its_connection() -> None:
         await resp.aclose()
         await asyncio.wait_for(closed.wait(), 5)
         await pool.aclose()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for a test certificate")
+async def test_tls_with_certificate_verification(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    req = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+    req += ["-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(req, check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            writer.write(_ok(b"secure"))
+            await writer.drain()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        pool = httpclient.ConnectionPool(f"https://localhost:{port}/v1", ssl_context=trusted)
+        for _ in range(2):  # the second request reuses the TLS connection
+            assert await pool.fetch("GET", "models") == (200, {"content-length": "6"}, b"secure")
+        await pool.aclose()
+        untrusted = httpclient.ConnectionPool(f"https://localhost:{port}/v1")  # default CAs: refused
+        with pytest.raises(httpclient.ConnectError):
+            await untrusted.fetch("GET", "models")
+    finally:
+        server.close()
 
 
 def test_codec_falls_back_where_orjson_refuses() -> None:

@@ -40,6 +40,7 @@ def strip_invalid(text: str, n_sources: int) -> str:
 
 _ECHO = re.compile(r"^(?:Question|Sources?|Answer)\s*:", re.I)
 _ANSWER = re.compile(r"^Answer\s*:\s*", re.I)
+_MARKS = re.compile(r"\[\s*\d*(?:\s*[,;]\s*\d+)*\s*\]?")  # [1], [1, 2], and a cut-off "[3"
 
 
 def tidy(text: str) -> str:
@@ -52,13 +53,15 @@ def tidy(text: str) -> str:
         if not s:
             out.append("")
             continue
-        if not _CITE.sub("", s).strip(" ,;.:-"):
-            continue
-        if _ECHO.match(s) and not (_ANSWER.match(s) and _ANSWER.sub("", s)):
+        if _ECHO.match(s):
+            if not _ANSWER.match(s):
+                continue
+            s = _ANSWER.sub("", s)
+        if not re.search(r"\w", _MARKS.sub("", s)):  # only markers and punctuation
             continue
         kept: list[str] = []
         repeated = False
-        for sentence in split_sentences(_ANSWER.sub("", s)):
+        for sentence in split_sentences(s):
             key = _CITE.sub("", sentence).strip().lower()
             if key and key in seen:
                 repeated = True

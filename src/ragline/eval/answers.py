@@ -19,9 +19,11 @@ Metrics (means over the evaluated questions unless said otherwise):
   punish; ``contains`` says whether the answer holds the reference at all.
 - ``not_found``: the share of questions answered "Not found in the provided documents."
 - ``citation_precision``: micro-averaged over every (answer sentence, cited number) pair of the
-  found answers. A sentence's citations are the ``[n]`` markers in it (a marker that opens a
-  sentence belongs to the one before - extractive answers write ``sentence. [n]`` - unless the
-  answer itself opens with one: ``[1] sentence. [2] sentence.``). The pair is
+  found answers. The answer is cut into claims after sentence punctuation and after each marker
+  run; a claim's citations are its ``[n]`` markers (a marker that opens a piece belongs to the
+  claim before - extractive answers write ``sentence. [n]`` - unless the answer itself opens with
+  one: ``[1] sentence. [2] sentence.``). Numbers that point at no source are dropped first, as the
+  answerer drops them (quoted scientific text carries its own ``[52]``). The pair is
   *supported* when at least ``support_threshold`` (default 0.5) of the sentence's content words
   occur in the cited chunk (its title and text): content words are the SQuAD-normalised tokens
   that are not English stop words, compared after stripping a plural ``s``. Token containment,
@@ -58,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ragline import __version__
-from ragline.answer.citations import split_sentences
+from ragline.answer.citations import strip_invalid
 from ragline.answer.llm import LLM
 from ragline.config import Settings
 from ragline.embed.base import Embedder
@@ -79,6 +81,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 _MARKER = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 _LEADING_MARKERS = re.compile(r"^((?:\[\d+(?:\s*[,;]\s*\d+)*\]\s*)+)")
+_CLAIM_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=\])\s+")
 
 
 def normalize_answer(s: str) -> str:
@@ -155,23 +158,33 @@ def support(sentence: str, chunk_text: str) -> float | None:
 
 
 def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
-    """Answer sentences with the citation numbers each carries.
+    """Answer claims with the citation numbers each carries.
 
-    Markers normally close their sentence, so a marker run that opens a sentence is moved to the
-    sentence before it (``A. [1] B. [2]`` cites 1 for A and 2 for B). An answer that itself opens
-    with a marker puts its markers first (``[1] A. [2] B.``): then every marker stays put.
+    The text is cut after sentence punctuation and after every marker run (a marker ends a
+    claim even where no full stop follows, as in extractive answers built from fragments).
+    Markers normally close their claim, so a marker run that opens a piece goes to the claim
+    before it (``A. [1] B. [2]`` cites 1 for A and 2 for B). An answer that itself opens with a
+    marker puts its markers first (``[1] A. [2] B.``): then a marker run goes to the claim after it.
     """
     out: list[tuple[str, list[int]]] = []
     markers_first = _LEADING_MARKERS.match(text.strip()) is not None
-    for raw in split_sentences(text):
-        s = raw
+    pending: list[int] = []
+    for raw in _CLAIM_SPLIT.split(text.strip()):
+        s = raw.strip()
         m = _LEADING_MARKERS.match(s)
+        lead = _numbers(m.group(1)) if m else []
         if m and out and not markers_first:
             prev, nums = out[-1]
-            out[-1] = (prev, nums + [n for n in _numbers(m.group(1)) if n not in nums])
+            out[-1] = (prev, nums + [n for n in lead if n not in nums])
+            lead = []
+        if m:
             s = s[m.end() :].strip()
-        if s:
-            out.append((s, _numbers(s)))
+        if not s:
+            pending += [n for n in lead if n not in pending]
+            continue
+        nums = pending + [n for n in lead if n not in pending]
+        out.append((s, nums + [n for n in _numbers(s) if n not in nums]))
+        pending = []
     return out
 
 
@@ -188,7 +201,7 @@ def _numbers(text: str) -> list[int]:
 class CitationCheck:
     sentence: str
     number: int
-    #: Share of the sentence's content words in the cited chunk; None: no such source.
+    #: Share of the sentence's content words in the cited chunk.
     support: float | None
     supported: bool
 
@@ -221,19 +234,18 @@ def check_citations(
 ) -> CitationStats:
     """Judge every (sentence, [n]) pair of an answer against ``sources`` (source n = sources[n-1]).
 
-    A number that points at no source is judged unsupported.
+    Bracketed numbers that point at no source are not citations of the answer and are dropped
+    first, as the answerer drops them from generated text (scientific text quoted by extractive
+    answers carries its own reference numbers, e.g. ``[52]``).
     """
     stats = CitationStats()
-    for sentence, nums in cited_sentences(answer_text):
+    for sentence, nums in cited_sentences(strip_invalid(answer_text, len(sources))):
         if not content_words(sentence):
             continue
         stats.sentences += 1
         if nums:
             stats.cited_sentences += 1
         for n in nums:
-            if not 1 <= n <= len(sources):
-                stats.checks.append(CitationCheck(strip_markers(sentence), n, None, False))
-                continue
             sup = support(sentence, sources[n - 1])
             assert sup is not None
             stats.checks.append(CitationCheck(strip_markers(sentence), n, sup, sup >= threshold))

@@ -4,7 +4,8 @@ Module map (one concern each):
 
 - ``deployment``: the Deployment protocol (and ``Timeouts``); ``local`` and ``upstream``
   implement it for the embedded model and for OpenAI-compatible servers; ``sse`` decodes
-  their event streams.
+  their event streams; ``httpclient`` is the upstreams' keep-alive HTTP/1.1 client and
+  ``codec`` their JSON (orjson).
 - ``balancer``: round robin, least in flight, weighted, lowest latency.
 - ``breaker``: the per-deployment circuit breaker.
 - ``retry``: which failures are retried, backoff with full jitter, Retry-After, the deadline.

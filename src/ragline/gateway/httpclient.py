@@ -1,12 +1,12 @@
 """A lean HTTP/1.1 client for upstream calls: a keep-alive connection pool on asyncio, httptools' parser.
 
-Why not httpx: on the hot path of a gateway the HTTP client is most of the work. Measured
-with ``bench/gateway_overhead.py`` (a proxy that does nothing else, sequential requests on
-loopback): httpx's AsyncClient (anyio streams, httpcore's pool, request/response models)
-spent ~1 ms of CPU per proxied request, five times the upstream's own cost and more than all
-of ragline's other work together; its pool also degrades with many concurrent requests.
-This client spends ~0.1 ms: one write per request, the C parser uvicorn uses (httptools),
-no per-request objects beyond the response.
+Why not httpx: on the hot path of a gateway the HTTP client is most of the work. On the
+benchmark machine (docs/BENCHMARKS.md, "Gateway overhead"), a proxy that does nothing but
+forward spent 1.1-1.2 ms of CPU per request with httpx's AsyncClient (anyio streams,
+httpcore's pool, request/response models) and 0.2 ms with raw asyncio streams; httpx was
+about half of ``ragline serve``'s CPU per proxied request. This client costs about as much as
+raw streams: one write per request, the C parser uvicorn uses (httptools), one wake-up of the
+caller per buffered answer, no per-request objects beyond the response.
 
 It does what the gateway needs and no more: HTTP/1.1 over TCP or TLS, keep-alive with at
 most ``max_connections`` per pool (requests beyond it wait for a free connection), bodies
