@@ -31,6 +31,7 @@ dev: $(DEVSTAMP)
 demo: setup
 	RAGLINE_DATA_DIR=$(DEMO_DATA) $(BIN)/ragline ingest README.md docs --collection ragline-docs
 	RAGLINE_DATA_DIR=$(DEMO_DATA) $(BIN)/ragline ask "How does ragline keep ingestion crash-safe?" --collection ragline-docs
+	RAGLINE_DATA_DIR=$(DEMO_DATA) $(BIN)/ragline ask "How does ragline keep ingestion crash-safe?" --collection ragline-docs --mode extractive
 
 lint: dev
 	$(BIN)/ruff check src tests bench
