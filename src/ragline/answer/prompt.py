@@ -22,6 +22,9 @@ NOT_FOUND = "Not found in the provided documents."
 
 SYSTEM = "You answer questions using only the numbered sources you are given."
 
+#: Excerpt sentences must reach this share of the best sentence's similarity to the question.
+EXCERPT_MIN_RATIO = 0.6
+
 # A line break inside a paragraph (not before a list item) is a hard wrap.
 _WRAP = re.compile(r"(?<=\S)\n(?!\n|\s*(?:[-*\u2022]|\d+[.)])\s)")
 
@@ -57,7 +60,9 @@ def excerpts(
     query_vector: npt.NDArray[np.float32], sources: Sequence[Hit], embedder: Embedder, sentences: int
 ) -> list[str]:
     """For each source, its sentences among the ``sentences`` most similar to the question, in
-    document order ("" for a source with none of them)."""
+    document order ("" for a source with none of them). A sentence much less similar than the
+    best one (below ``EXCERPT_MIN_RATIO`` of its similarity) is left out: it is more often noise
+    the model copies than context it needs."""
     candidates: list[tuple[int, int, str]] = []
     for i, h in enumerate(sources):
         for j, s in enumerate(split_sentences(flow(h.text))):
@@ -66,7 +71,9 @@ def excerpts(
     if not candidates:
         return [flow(h.text) for h in sources]
     sims = embedder.embed_documents([s for _, _, s in candidates]) @ query_vector
-    best = sorted(np.argsort(-sims)[:sentences].tolist(), key=lambda t: candidates[t][:2])
+    top = np.argsort(-sims)[:sentences].tolist()
+    floor = EXCERPT_MIN_RATIO * float(sims[top[0]])
+    best = sorted((t for t in top if t == top[0] or float(sims[t]) >= floor), key=lambda t: candidates[t][:2])
     out = [""] * len(sources)
     for t in best:
         i, _, s = candidates[t]
