@@ -65,6 +65,8 @@ class Config:
     cand: int = 200
     prf_docs: int = 0
     prf_beta: float = 0.0
+    #: level "mix": a chunk's fused score plus ``mix`` x its document's document-level fused score
+    mix: float = 0.0
 
     @property
     def name(self) -> str:
@@ -73,7 +75,9 @@ class Config:
         elif self.fusion == "rrf":
             base = f"{self.level} rrf k={int(self.param)}"
         else:
-            base = f"{self.level} convex a={self.param:g}"
+            base = f"{self.level} {self.fusion} a={self.param:g}"
+        if self.level == "mix":
+            base = base.replace("mix ", f"mix g={self.mix:g} ", 1)
         if self.cand != 200:
             base += f" cand={self.cand}"
         if self.prf_docs:
@@ -88,6 +92,7 @@ class Config:
             "cand": self.cand,
             "prf_docs": self.prf_docs,
             "prf_beta": self.prf_beta,
+            "mix": self.mix,
         }
 
 
@@ -110,6 +115,40 @@ def doc_list(hits: Sequence[IndexHit], doc_of: dict[str, str]) -> list[IndexHit]
     return list(seen.values())
 
 
+def _norm(hits: Sequence[IndexHit], how: str) -> dict[str, float]:
+    if not hits:
+        return {}
+    xs = np.array([h.score for h in hits], dtype=np.float64)
+    if how == "tmm":  # theoretical minimum 0 for both cosine (in practice) and BM25
+        hi = float(xs.max())
+        ys = xs / hi if hi > 0 else np.ones_like(xs)
+    elif how == "z":
+        sd = float(xs.std())
+        ys = (xs - xs.mean()) / sd if sd > 0 else np.zeros_like(xs)
+    elif how == "dbsf":
+        mu, sd = float(xs.mean()), float(xs.std())
+        lo, hi = mu - 3 * sd, mu + 3 * sd
+        ys = (xs - lo) / (hi - lo) if hi > lo else np.ones_like(xs)
+    else:
+        raise ValueError(how)
+    return {h.id: float(y) for h, y in zip(hits, ys, strict=True)}
+
+
+def convex_norm(dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float, how: str) -> dict[str, float]:
+    d, s = _norm(dense, how), _norm(sparse, how)
+    dmin = min(d.values(), default=0.0) if how == "z" else 0.0
+    smin = min(s.values(), default=0.0) if how == "z" else 0.0
+    return {i: alpha * d.get(i, dmin) + (1 - alpha) * s.get(i, smin) for i in d.keys() | s.keys()}
+
+
+def _fusion(cfg: "Config", d: Sequence[IndexHit], s: Sequence[IndexHit]) -> dict[str, float]:
+    if cfg.fusion == "rrf":
+        return fusion.rrf([d, s], k=int(cfg.param))
+    if cfg.fusion == "convex":
+        return fusion.convex(d, s, alpha=cfg.param)
+    return convex_norm(d, s, cfg.param, cfg.fusion.split("-", 1)[1])
+
+
 def _ranked(scores: dict[str, float]) -> list[str]:
     return [i for i, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
 
@@ -122,11 +161,12 @@ def fuse(
     if cfg.fusion in ("dense", "bm25"):
         dl = doc_list(d if cfg.fusion == "dense" else s, doc_of)
         return {h.id: h.score for h in dl}, [str(h.payload["chunk"]) for h in dl[:fb]]
-    if cfg.level == "chunk":
-        if cfg.fusion == "rrf":
-            scores = fusion.rrf([d, s], k=int(cfg.param))
-        else:
-            scores = fusion.convex(d, s, alpha=cfg.param)
+    if cfg.level in ("chunk", "mix"):
+        scores = _fusion(cfg, d, s)
+        if cfg.level == "mix":
+            dd, sd = doc_list(d, doc_of), doc_list(s, doc_of)
+            dscores = _fusion(cfg, dd, sd)
+            scores = {cid: v + cfg.mix * dscores.get(doc_of[cid], 0.0) for cid, v in scores.items()}
         docs: dict[str, float] = {}
         feedback: list[str] = []
         for cid in _ranked(scores)[: cfg.cand]:
@@ -137,10 +177,7 @@ def fuse(
                     feedback.append(cid)
         return docs, feedback
     dd, sd = doc_list(d, doc_of), doc_list(s, doc_of)
-    if cfg.fusion == "rrf":
-        docs = fusion.rrf([dd, sd], k=int(cfg.param))
-    else:
-        docs = fusion.convex(dd, sd, alpha=cfg.param)
+    docs = _fusion(cfg, dd, sd)
     best = {h.id: str(h.payload["chunk"]) for h in sd}
     best.update({h.id: str(h.payload["chunk"]) for h in dd})
     return docs, [best[doc] for doc in _ranked(docs)[:fb]]
@@ -196,6 +233,16 @@ def grid(limit: int) -> list[Config]:
             out.append(Config(f, p, level, cand=100, prf_docs=3, prf_beta=1.0))
             out.append(Config(f, p, level, prf_docs=5, prf_beta=1.0))
             out.append(Config(f, p, level, prf_docs=1, prf_beta=1.0))
+    for g in (0.25, 0.5, 1.0, 2.0):
+        for a in (0.45, 0.5):
+            for prf in ((0, 0.0), (3, 1.0)):
+                out.append(Config("convex", a, "mix", prf_docs=prf[0], prf_beta=prf[1], mix=g))
+                out.append(Config("convex", a, "mix", cand=100, prf_docs=prf[0], prf_beta=prf[1], mix=g))
+    for how in ("tmm", "z", "dbsf"):
+        for level in ("chunk", "doc"):
+            for a in (0.3, 0.4, 0.5, 0.6):
+                for prf in ((0, 0.0), (3, 1.0)):
+                    out.append(Config(f"convex-{how}", a, level, prf_docs=prf[0], prf_beta=prf[1]))
     return [c for c in out if c.cand <= limit]
 
 

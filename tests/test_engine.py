@@ -588,3 +588,24 @@ def test_cli_search_list_delete(make_engine: Callable[..., Engine], tmp_path: Pa
     assert col.index.count() == sum(chunks.values()) - chunks[target]
     assert all(h.doc_id != target for h in reopened.search("sourdough", collection="notes", top_k=50))
     assert_consistent(reopened, "notes")
+
+
+def test_candidate_search_without_payloads_then_payload_lookup(
+    mode_engine: tuple[Engine, dict[str, str]],
+) -> None:
+    """Candidates can come bare (fields=()) and get their payloads, whole or in part, by id."""
+    engine, ids = mode_engine
+    index = engine.collection("default").index
+    qvec = engine.embedder.embed_queries(["sourdough bread"])[0]
+    dense, sparse = index.search(dense=qvec, text="sourdough bread", limit=5, fields=())
+    assert dense and sparse
+    assert all(h.payload == {} for h in dense + sparse)
+    first = dense[0].id
+    full = index.payloads([first, "00000000-0000-0000-0000-00000000dead"])
+    assert list(full) == [first]  # unknown ids are left out, not errors
+    assert full[first]["doc_id"] == ids["bread"] and full[first]["text"]
+    only = index.payloads([first], fields=("doc_id",))
+    assert only == {first: {"doc_id": ids["bread"]}}
+    # the search result itself reads payloads only for the hits it returns
+    hits = engine.search("sourdough bread", top_k=2)
+    assert hits[0].doc_id == ids["bread"] and hits[0].text

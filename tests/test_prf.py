@@ -68,8 +68,15 @@ class FakeIndex:
         self.dense_queries: list[Vec] = []
         self.vector_requests: list[list[str]] = []
 
-    def _hit(self, cid: str, score: float) -> IndexHit:
-        return IndexHit(cid, score, {"doc_id": self.doc[cid], "text": f"text of {cid}"})
+    def _payload(self, cid: str, fields: Sequence[str] | None) -> dict[str, Any]:
+        full = {"doc_id": self.doc[cid], "text": f"text of {cid}"}
+        return full if fields is None else {k: v for k, v in full.items() if k in fields}
+
+    def _hit(self, cid: str, score: float, fields: Sequence[str] | None) -> IndexHit:
+        return IndexHit(cid, score, self._payload(cid, fields))
+
+    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        return {i: self._payload(i, fields) for i in ids if i in self.vectors}
 
     def search(
         self,
@@ -79,13 +86,14 @@ class FakeIndex:
         limit: int,
         flt: Filter | None = None,
         exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[IndexHit], list[IndexHit]]:
         dense_hits: list[IndexHit] = []
         if dense is not None:
             self.dense_queries.append(np.array(dense, copy=True))
             scored = sorted(((float(v @ dense), cid) for cid, v in self.vectors.items()), reverse=True)
-            dense_hits = [self._hit(cid, s) for s, cid in scored[:limit]]
-        sparse = [self._hit(cid, s) for cid, s in self.bm25[:limit]] if text is not None else []
+            dense_hits = [self._hit(cid, s, fields) for s, cid in scored[:limit]]
+        sparse = [self._hit(cid, s, fields) for cid, s in self.bm25[:limit]] if text is not None else []
         return dense_hits, sparse
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, Vec]:

@@ -47,8 +47,18 @@ class VectorIndex(Protocol):
         limit: int,
         flt: Filter | None = None,
         exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[IndexHit], list[IndexHit]]:
-        """Dense and BM25 candidates (either list empty when its query is None), run together."""
+        """Dense and BM25 candidates (either list empty when its query is None), run together.
+
+        ``fields``: the payload keys each hit carries (None = the whole payload; () = none).
+        Reading payloads is most of a search's cost, so candidate searches ask for none and
+        :meth:`payloads` fetches them for the few hits that are kept.
+        """
+        ...
+
+    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """id -> payload (only ``fields`` when given) for the stored ids among ``ids``."""
         ...
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...

@@ -148,6 +148,12 @@ class EdgeIndex:
         records = self._shard.retrieve(list(ids), with_payload=False, with_vector=False)
         return {str(r.id) for r in records}
 
+    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        records = self._shard.retrieve(list(ids), with_payload=_selector(fields), with_vector=False)
+        return {str(r.id): _public(r.payload) for r in records}
+
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         if not ids:
             return {}
@@ -167,8 +173,10 @@ class EdgeIndex:
         limit: int,
         flt: Filter | None = None,
         exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[IndexHit], list[IndexHit]]:
         qfilter = to_qdrant_filter(flt) if flt else None
+        with_payload = _selector(fields)
         requests = []
         if dense is not None:
             requests.append(
@@ -176,7 +184,7 @@ class EdgeIndex:
                     limit=limit,
                     query=qe.Query.Nearest(dense.astype(np.float32).tolist(), using=DENSE),
                     filter=qfilter,
-                    with_payload=True,
+                    with_payload=with_payload,
                     params=qe.SearchParams(hnsw_ef=max(self._hnsw_ef, limit), exact=exact),
                 )
             )
@@ -187,7 +195,7 @@ class EdgeIndex:
                     limit=limit,
                     query=qe.Query.Nearest(sparse_vec, using=SPARSE),
                     filter=qfilter,
-                    with_payload=True,
+                    with_payload=with_payload,
                 )
             )
         if not requests:
@@ -197,6 +205,12 @@ class EdgeIndex:
         dense_hits = converted.pop(0) if dense is not None else []
         sparse_hits = converted.pop(0) if converted else []
         return dense_hits, sparse_hits
+
+
+def _selector(fields: Sequence[str] | None) -> bool | list[str]:
+    if fields is None:
+        return True
+    return list(fields) or False
 
 
 def _public(payload: dict[str, Any] | None) -> dict[str, Any]:
