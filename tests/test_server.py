@@ -129,6 +129,15 @@ def test_rag_answer_carries_citations(client: openai.OpenAI) -> None:
     assert r.choices[0].message.content
 
 
+def test_rag_answer_honours_max_tokens(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="rag/geo",
+        messages=[{"role": "user", "content": "What do Katla eruptions cause?"}],
+        max_tokens=3,
+    )
+    assert r.usage is not None and 1 <= r.usage.completion_tokens <= 3, r.usage
+
+
 def test_rag_stream_sends_citations_before_done(server: str) -> None:
     payload = {
         "model": "rag/geo",

@@ -181,7 +181,10 @@ class Engine:
         top_k: int | None = None,
         filters: Filter | list[str] | None = None,
         on_token: TokenCallback | None = None,
+        max_tokens: int | None = None,
     ) -> Answer:
+        """Retrieve, then answer with citations. ``max_tokens`` caps generation (default:
+        ``answer.max_tokens``)."""
         a = self.settings.answer
         mode = mode or a.mode
         if mode not in ("generate", "extractive"):
@@ -200,7 +203,9 @@ class Engine:
             return answerer.not_found(hits, usage, mode)
         if mode == "extractive":
             return answerer.extractive(question, qvec, hits, usage)
-        return answerer.generate(question, self.llm, hits, usage, on_token=on_token)
+        return answerer.generate(
+            question, self.llm, hits, usage, on_token=on_token, query_vector=qvec, max_tokens=max_tokens
+        )
 
 
 def _fill_dense_scores(col: Collection, hits: list[Hit], qvec: Any) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ragline.answer import citations as cit
 from ragline.answer.llm import LLM, TokenCallback
@@ -74,17 +75,19 @@ class Answerer:
         hits: Sequence[Hit],
         usage: Usage,
         on_token: TokenCallback | None = None,
+        query_vector: npt.NDArray[np.float32] | None = None,
+        max_tokens: int | None = None,
     ) -> Answer:
         sources = select_sources(hits, self._settings.context_tokens)
         texts = None
         if self._settings.context_sentences:
-            qvec = self._embedder.embed_queries([question])[0]
+            qvec = query_vector if query_vector is not None else self._embedder.embed_queries([question])[0]
             texts = excerpts(qvec, sources, self._embedder, self._settings.context_sentences)
         messages = build_messages(question, sources, texts)
         t0 = time.perf_counter()
         completion = llm.chat(
             messages,
-            max_tokens=self._llm_settings.max_tokens,
+            max_tokens=max_tokens or self._settings.max_tokens,
             temperature=self._llm_settings.temperature,
             seed=self._llm_settings.seed,
             on_token=on_token,

@@ -73,6 +73,7 @@ class LlamaCppLLM:
         n_ctx: int = 4096,
         n_parallel: int = 4,
         threads: int = 0,
+        threads_batch: int = 0,
         dry_multiplier: float = 0.0,
     ) -> None:
         import xllamacpp as xl
@@ -89,7 +90,7 @@ class LlamaCppLLM:
         # automatic choice leaves half the cores to the rest of the process.
         n = threads or max(1, (os.cpu_count() or 2) // 2)
         params.cpuparams.n_threads = n
-        params.cpuparams_batch.n_threads = n
+        params.cpuparams_batch.n_threads = threads_batch or n
         params.sampling.dry_multiplier = dry_multiplier  # a request's own value wins
         params.verbosity = -1
         params.warmup = False
@@ -230,5 +231,6 @@ def build_llm(cfg: LLMSettings) -> LlamaCppLLM:
         n_ctx=cfg.n_ctx,
         n_parallel=cfg.n_parallel,
         threads=cfg.threads,
+        threads_batch=cfg.threads_batch,
         dry_multiplier=cfg.dry_multiplier,
     )

@@ -143,6 +143,7 @@ class ChatService:
                 top_k=rag.top_k if rag else None,
                 filters=rag.filters if rag else None,
                 on_token=on_token,
+                max_tokens=req.max_completion_tokens or req.max_tokens,
             )
         except CollectionNotFound as e:
             raise ModelNotFound(req.model) from e
