@@ -134,14 +134,16 @@ def _norm(hits: Sequence[IndexHit], how: str) -> dict[str, float]:
     return {h.id: float(y) for h, y in zip(hits, ys, strict=True)}
 
 
-def convex_norm(dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float, how: str) -> dict[str, float]:
+def convex_norm(
+    dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float, how: str
+) -> dict[str, float]:
     d, s = _norm(dense, how), _norm(sparse, how)
     dmin = min(d.values(), default=0.0) if how == "z" else 0.0
     smin = min(s.values(), default=0.0) if how == "z" else 0.0
     return {i: alpha * d.get(i, dmin) + (1 - alpha) * s.get(i, smin) for i in d.keys() | s.keys()}
 
 
-def _fusion(cfg: "Config", d: Sequence[IndexHit], s: Sequence[IndexHit]) -> dict[str, float]:
+def _fusion(cfg: Config, d: Sequence[IndexHit], s: Sequence[IndexHit]) -> dict[str, float]:
     if cfg.fusion == "rrf":
         return fusion.rrf([d, s], k=int(cfg.param))
     if cfg.fusion == "convex":

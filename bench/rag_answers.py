@@ -34,8 +34,12 @@ from ragline.types import AnswerMode
 CACHE = REPO / "bench" / ".cache" / "rag_answers"
 
 
-def run(dataset: str, mode: AnswerMode, limit: int, embedder: Any, llm: Any) -> AnswerEvalResult:
+def run(
+    dataset: str, mode: AnswerMode, limit: int, embedder: Any, llm: Any, threads_batch: int | None = None
+) -> AnswerEvalResult:
     settings = load_settings()
+    if threads_batch is not None:
+        settings.llm.threads_batch = threads_batch
     ds = load_qa(SHARED_DATA / dataset)
     with AnswerEvaluator(ds, settings, embedder=embedder, llm=llm) as ev:
         info = ev.prepare_index()
@@ -72,33 +76,62 @@ def summary(result: AnswerEvalResult) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--latency-questions", type=int, default=50)
-    ap.add_argument("--xquad-limit", type=int, default=100)
-    ap.add_argument("--covidqa-limit", type=int, default=50)
-    args = ap.parse_args()
-    settings = load_settings()
-    embedder = build_embedder(settings.embedder)
-    llm = build_llm(settings.llm)
-
-    load_before = os.getloadavg()
-    lat = run("xquad-en", "generate", args.latency_questions, embedder, llm)
+def latency_section(lat: AnswerEvalResult, load_before: float) -> dict[str, Any]:
     lm = lat.metrics()
-    latency = {
+    return {
         "dataset": "xquad-en",
         "mode": "generate",
         "questions": len(lat.questions),
         "llm": lat.settings["llm"],
+        "answer_max_tokens": lat.settings["answer"]["max_tokens"],
         "latency_ms": lm["latency_ms"],
         "ttft_ms": lm["ttft_ms"],
         "retrieval_ms": lm["retrieval_ms"],
         "prompt_tokens_mean": lm["prompt_tokens_mean"],
         "completion_tokens_mean": lm["completion_tokens_mean"],
         "not_found": lm["not_found"],
-        "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    p95 = lm["latency_ms"]["p95"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency-questions", type=int, default=50)
+    ap.add_argument("--xquad-limit", type=int, default=100)
+    ap.add_argument("--covidqa-limit", type=int, default=50)
+    ap.add_argument(
+        "--threads-batch",
+        default=None,
+        help="comma list: measure latency once per llm.threads_batch value (same questions, one "
+        "after the other) and write bench/results/rag_latency_threads.json; no quality runs",
+    )
+    args = ap.parse_args()
+    settings = load_settings()
+    embedder = build_embedder(settings.embedder)
+
+    if args.threads_batch:
+        variants = []
+        for tb in (int(x) for x in args.threads_batch.split(",")):
+            llm = build_llm(settings.llm.model_copy(update={"threads_batch": tb}))
+            load_before = os.getloadavg()[0]
+            lat = run("xquad-en", "generate", args.latency_questions, embedder, llm, threads_batch=tb)
+            variants.append({"threads_batch": tb, **latency_section(lat, load_before)})
+            del llm
+        cmd = (
+            f".venv/bin/python -m bench.rag_answers --latency-questions {args.latency_questions} "
+            f"--threads-batch {args.threads_batch}"
+        )
+        out = write_result("rag_latency_threads", cmd, {"variants": variants})
+        for v in variants:
+            print(f"threads_batch={v['threads_batch']}: latency {v['latency_ms']} TTFT {v['ttft_ms']}")
+        print(out)
+        return
+
+    llm = build_llm(settings.llm)
+    load_before = os.getloadavg()[0]
+    lat = run("xquad-en", "generate", args.latency_questions, embedder, llm)
+    latency = latency_section(lat, load_before)
+    p95 = latency["latency_ms"]["p95"]
     quality = []
     for dataset, limit in (("xquad-en", args.xquad_limit), ("covidqa", args.covidqa_limit)):
         for mode in ("generate", "extractive"):
@@ -117,7 +150,10 @@ def main() -> None:
             "citation_support": "token containment, threshold 0.5 (see ragline.eval.answers)",
         },
     )
-    print(f"latency P50 {lm['latency_ms']['p50']} ms, P95 {p95} ms (bar 3000), TTFT {lm['ttft_ms']} -> {out}")
+    print(
+        f"latency P50 {latency['latency_ms']['p50']} ms, P95 {p95} ms (bar 3000), "
+        f"TTFT {latency['ttft_ms']} -> {out}"
+    )
 
 
 if __name__ == "__main__":
