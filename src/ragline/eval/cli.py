@@ -21,6 +21,19 @@ err = Console(stderr=True)
 _MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 
 
+def _progress(quiet: bool) -> Progress:
+    """The eval commands' progress display: indexing first, then one bar per mode."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    )
+
+
 def _modes(mode: str) -> list[SearchMode]:
     if mode == "all":
         return list(_MODES)
@@ -59,15 +72,7 @@ def retrieval(
     quiet = not sys.stderr.isatty()
     with (
         RetrievalEvaluator(ds, settings, chunk_depth=depth) as ev,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=quiet,
-        ) as bar,
+        _progress(quiet) as bar,
     ):
         ingest_task = bar.add_task("index", total=None, info="")
 
@@ -146,15 +151,7 @@ def answers(
     quiet = not sys.stderr.isatty()
     with (
         AnswerEvaluator(ds, settings) as ev,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=quiet,
-        ) as bar,
+        _progress(quiet) as bar,
     ):
         ingest_task = bar.add_task("index", total=None, info="")
 

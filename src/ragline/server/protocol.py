@@ -60,29 +60,19 @@ class RagOptions(BaseModel):
     filters: list[str] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # tools, response_format, ... pass through
+class _GenerationRequest(BaseModel):
+    """Fields and checks the chat and the legacy completions request share."""
+
+    model_config = ConfigDict(extra="allow")  # unknown fields pass through (gateway) or are ignored
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    n: int = Field(1, ge=1)
     user: str | None = None
-    rag: RagOptions | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
 
     @field_validator("stop")
     @classmethod
@@ -96,43 +86,45 @@ class ChatCompletionRequest(BaseModel):
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+
+class ChatCompletionRequest(_GenerationRequest):
+    # tools, tool_choice, response_format, ... pass through to gateway upstreams
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    n: int = Field(1, ge=1)
+    rag: RagOptions | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError("only n=1 is supported")
+        return v
+
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_GenerationRequest):
     """OpenAI's legacy ``/v1/completions``: one prompt, one choice."""
 
-    model_config = ConfigDict(extra="allow")  # logit_bias, penalties, ... are accepted and ignored
+    # logit_bias, penalties, ... are accepted and ignored
 
-    model: str = Field(min_length=1)
     prompt: Text | list[Text] | list[int] | list[list[int]]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for this endpoint
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None
     n: int = Field(1, ge=1)
     best_of: int | None = None
-    user: str | None = None
 
     @field_validator("n", "best_of")
     @classmethod
     def _only_one_choice(cls, v: int | None) -> int | None:
         if v is not None and v != 1:
             raise ValueError("only one choice per request is supported")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
         return v
 
     @field_validator("logprobs")
@@ -148,11 +140,6 @@ class CompletionRequest(BaseModel):
         if v:
             raise ValueError("suffix (insertion) is not supported")
         return v
-
-    def stop_list(self) -> list[str] | None:
-        if self.stop is None:
-            return None
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class EmbeddingRequest(BaseModel):
