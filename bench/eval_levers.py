@@ -67,6 +67,9 @@ class Config:
     prf_beta: float = 0.0
     #: level "mix": a chunk's fused score plus ``mix`` x its document's document-level fused score
     mix: float = 0.0
+    #: how PRF uses q': "search" the dense index again, or "rescore" the first-stage candidates
+    #: (dense and BM25 lists) by their stored vectors
+    prf_mode: str = "search"
 
     @property
     def name(self) -> str:
@@ -82,6 +85,8 @@ class Config:
             base += f" cand={self.cand}"
         if self.prf_docs:
             base += f" +prf d={self.prf_docs} b={self.prf_beta:g}"
+            if self.prf_mode != "search":
+                base += f" {self.prf_mode}"
         return base
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +98,7 @@ class Config:
             "prf_docs": self.prf_docs,
             "prf_beta": self.prf_beta,
             "mix": self.mix,
+            "prf_mode": self.prf_mode,
         }
 
 
@@ -202,6 +208,20 @@ class Prf:
             self._vecs.update(self.index.dense_vectors(missing))
         return [self._vecs[i] for i in ids if i in self._vecs]
 
+    def rescore(self, q: QueryLists, feedback: Sequence[str], beta: float, cand: int) -> list[IndexHit]:
+        """q' scored against the first-stage candidates' stored vectors (no second search)."""
+        vecs = self.vectors(feedback)
+        if not vecs:
+            return q.dense
+        v = q.qvec + beta * np.mean(np.stack(vecs), axis=0)
+        v = (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
+        ids = list(dict.fromkeys([h.id for h in q.dense[:cand]] + [h.id for h in q.sparse[:cand]]))
+        cv = self.vectors(ids)
+        have = [i for i in ids if i in self._vecs]
+        scores = np.stack(cv) @ v if cv else np.zeros(0)
+        order = np.argsort(-scores)[:cand]
+        return [IndexHit(have[j], float(scores[j]), {}) for j in order]
+
     def dense(self, qid: str, q: QueryLists, feedback: Sequence[str], beta: float) -> list[IndexHit]:
         key = (qid, tuple(sorted(feedback)), beta)
         hit = self._cache.get(key)
@@ -240,6 +260,13 @@ def grid(limit: int) -> list[Config]:
             for prf in ((0, 0.0), (3, 1.0)):
                 out.append(Config("convex", a, "mix", prf_docs=prf[0], prf_beta=prf[1], mix=g))
                 out.append(Config("convex", a, "mix", cand=100, prf_docs=prf[0], prf_beta=prf[1], mix=g))
+    for cand in (100, 200):
+        for a in (0.45, 0.5):
+            for beta in (0.5, 1.0):
+                out.append(
+                    Config("convex", a, "chunk", cand=cand, prf_docs=3, prf_beta=beta, prf_mode="rescore")
+                )
+                out.append(Config("convex", a, "chunk", cand=cand, prf_docs=3, prf_beta=beta))
     for how in ("tmm", "z", "dbsf"):
         for level in ("chunk", "doc"):
             for a in (0.3, 0.4, 0.5, 0.6):
@@ -280,7 +307,10 @@ def sweep(args: argparse.Namespace) -> None:
             run: dict[str, dict[str, float]] = {}
             for qid, q in per_query.items():
                 docs, feedback = fuse(cfg, q.dense, q.sparse, doc_of, cfg.prf_docs)
-                if cfg.prf_docs:
+                if cfg.prf_docs and cfg.prf_mode == "rescore":
+                    second = prf.rescore(q, feedback, cfg.prf_beta, cfg.cand)
+                    docs, _ = fuse(cfg, second, q.sparse, doc_of)
+                elif cfg.prf_docs:
                     docs, _ = fuse(cfg, prf.dense(qid, q, feedback, cfg.prf_beta), q.sparse, doc_of)
                 run[qid] = ev.expand(docs)
             means = evaluate(run, ds.qrels).means

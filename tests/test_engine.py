@@ -606,6 +606,11 @@ def test_candidate_search_without_payloads_then_payload_lookup(
     assert full[first]["doc_id"] == ids["bread"] and full[first]["text"]
     only = index.payloads([first], fields=("doc_id",))
     assert only == {first: {"doc_id": ids["bread"]}}
+    # doc id and stored vector in one read: the vector is the one the dense search scored
+    point = index.points([first], fields=("doc_id",), dense=True)[first]
+    assert point.payload == {"doc_id": ids["bread"]} and point.dense is not None
+    assert float(point.dense @ qvec) == pytest.approx(dense[0].score, abs=1e-4)
+    assert index.points([first], fields=())[first].dense is None
     # the search result itself reads payloads only for the hits it returns
     hits = engine.search("sourdough bread", top_k=2)
     assert hits[0].doc_id == ids["bread"] and hits[0].text

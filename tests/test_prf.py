@@ -17,8 +17,9 @@ import pytest
 from fixtures import write_jsonl
 from ragline import Engine
 from ragline.config import RetrievalSettings
-from ragline.index.base import IndexHit
+from ragline.index.base import IndexHit, StoredPoint
 from ragline.index.filters import Filter
+from ragline.retrieval import fusion
 from ragline.retrieval.retriever import Retriever
 
 Vec = npt.NDArray[np.float32]
@@ -100,6 +101,17 @@ class FakeIndex:
         self.vector_requests.append(list(ids))
         return {i: self.vectors[i] for i in ids if i in self.vectors}
 
+    def points(
+        self, ids: Sequence[str], *, fields: Sequence[str] | None = None, dense: bool = False
+    ) -> dict[str, StoredPoint]:
+        if dense:
+            self.vector_requests.append(list(ids))
+        return {
+            i: StoredPoint(self._payload(i, fields), self.vectors[i] if dense else None)
+            for i in ids
+            if i in self.vectors
+        }
+
 
 QVEC = _unit(1, 0, 0.2, 0)
 
@@ -128,9 +140,11 @@ def test_prf_moves_the_dense_query_towards_the_top_documents() -> None:
         best.setdefault(h.doc_id, h.chunk_id)
     expected_feedback = [best[d] for d in top_docs[:2]]
 
-    hits = _search(index, prf_docs=2, prf_beta=0.7, fusion="rrf", rrf_k=60)
+    hits = _search(index, prf_docs=2, prf_beta=0.7, fusion="rrf", rrf_k=60, prf_mode="search")
 
-    assert index.vector_requests == [expected_feedback]
+    # one read of doc ids and vectors for the head of the ranking; the centroid below shows
+    # exactly which chunks were used
+    assert len(index.vector_requests) == 1 and set(expected_feedback) <= set(index.vector_requests[0])
     assert len(index.dense_queries) == 2
     first, second = index.dense_queries
     np.testing.assert_allclose(first, QVEC, rtol=1e-6)
@@ -152,14 +166,40 @@ def test_prf_moves_the_dense_query_towards_the_top_documents() -> None:
             assert h.dense_score == pytest.approx(float(index.vectors[h.chunk_id] @ QVEC), abs=1e-6)
 
 
-def test_prf_changes_the_ranking_only_through_the_dense_side() -> None:
+def test_prf_rescore_ranks_the_first_stage_candidates_by_the_expanded_query() -> None:
+    index = FakeIndex()
+    base = _search(FakeIndex(), prf_docs=0, fusion="rrf", rrf_k=60)
+    best: dict[str, str] = {}
+    for h in base:
+        best.setdefault(h.doc_id, h.chunk_id)
+    feedback = list(best.values())[:2]
+
+    hits = _search(index, prf_docs=2, prf_beta=0.7, fusion="rrf", rrf_k=60, prf_mode="rescore")
+
+    assert len(index.dense_queries) == 1  # no second index search
+    first_stage = set(index.vectors)  # the fake's dense list holds every chunk at this limit
+    assert len(index.vector_requests) == 2 and set(index.vector_requests[1]) == first_stage
+    want = QVEC + 0.7 * np.mean([index.vectors[c] for c in feedback], axis=0)
+    want = want / np.linalg.norm(want)
+    rescored = sorted(first_stage, key=lambda c: -float(index.vectors[c] @ want))
+    expected = fusion.rrf(
+        [[IndexHit(c, 0.0, {}) for c in rescored], [IndexHit(c, 0.0, {}) for c, _ in index.bm25]], k=60
+    )
+    ranked = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert [(h.chunk_id, round(h.score, 9)) for h in hits] == [(c, round(s, 9)) for c, s in ranked[:6]]
+    for h in hits:  # still the similarity to the original query
+        assert h.dense_score == pytest.approx(float(index.vectors[h.chunk_id] @ QVEC), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["rescore", "search"])
+def test_prf_changes_the_ranking_only_through_the_dense_side(mode: str) -> None:
     # beta = 0: q' = q, so the fused ranking is the same as without feedback
-    same = _search(FakeIndex(), prf_docs=3, prf_beta=0.0)
+    same = _search(FakeIndex(), prf_docs=3, prf_beta=0.0, prf_mode=mode)
     base = _search(FakeIndex(), prf_docs=0)
     assert [(h.chunk_id, round(h.score, 9)) for h in same] == [(h.chunk_id, round(h.score, 9)) for h in base]
     # a strong pull towards the feedback reorders the dense list, hence the fusion
     base = _search(FakeIndex(), prf_docs=0, fusion="convex", convex_alpha=0.5)
-    pulled = _search(FakeIndex(), prf_docs=1, prf_beta=5.0, fusion="convex", convex_alpha=0.5)
+    pulled = _search(FakeIndex(), prf_docs=1, prf_beta=5.0, fusion="convex", convex_alpha=0.5, prf_mode=mode)
     # (the top chunk a2 gets closer to q', so its fused score rises)
     assert pulled[0].chunk_id == base[0].chunk_id == "a2" and pulled[0].score > base[0].score + 0.1
 

@@ -108,6 +108,10 @@ class RetrievalSettings(BaseModel):
     #: first fused ranking move the query vector (q + prf_beta * their mean); 0 = off.
     prf_docs: int = Field(3, ge=0, le=20)
     prf_beta: float = Field(1.0, ge=0.0, le=10.0)
+    #: How the expanded query is used: "rescore" the first-stage candidates (dense and BM25) by
+    #: their stored vectors (no second index search), or "search" the dense index again (may
+    #: find chunks neither first list held; costs a second HNSW search).
+    prf_mode: Literal["rescore", "search"] = "rescore"
     #: BM25 parameters (the engine's built-in BM25, Snowball English stemmer).
     bm25_k: float = Field(1.2, ge=0.0)
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)

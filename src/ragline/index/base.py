@@ -28,6 +28,12 @@ class IndexHit:
     payload: dict[str, Any]
 
 
+@dataclass(slots=True)
+class StoredPoint:
+    payload: dict[str, Any]
+    dense: npt.NDArray[np.float32] | None = None
+
+
 class VectorIndex(Protocol):
     """One collection's index. Implementations: the embedded Qdrant engine (EdgeIndex)."""
 
@@ -59,6 +65,13 @@ class VectorIndex(Protocol):
 
     def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """id -> payload (only ``fields`` when given) for the stored ids among ``ids``."""
+        ...
+
+    def points(
+        self, ids: Sequence[str], *, fields: Sequence[str] | None = None, dense: bool = False
+    ) -> dict[str, StoredPoint]:
+        """id -> payload (only ``fields`` when given; () = none) and, with ``dense``, the stored
+        vector, for the stored ids among ``ids``; one read for both."""
         ...
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import qdrant_edge as qe
 
 from ragline.errors import InvalidFilter
-from ragline.index.base import IndexHit, IndexPoint
+from ragline.index.base import IndexHit, IndexPoint, StoredPoint
 from ragline.index.filters import Condition, Filter, normalize_datetime
 
 DENSE = "dense"
@@ -147,6 +147,21 @@ class EdgeIndex:
             return set()
         records = self._shard.retrieve(list(ids), with_payload=False, with_vector=False)
         return {str(r.id) for r in records}
+
+    def points(
+        self, ids: Sequence[str], *, fields: Sequence[str] | None = None, dense: bool = False
+    ) -> dict[str, StoredPoint]:
+        if not ids:
+            return {}
+        records = self._shard.retrieve(
+            list(ids), with_payload=_selector(fields), with_vector=[DENSE] if dense else False
+        )
+        out = {}
+        for r in records:
+            vec = r.vector if dense else None
+            arr = np.asarray(vec[DENSE], dtype=np.float32) if isinstance(vec, dict) and DENSE in vec else None
+            out[str(r.id)] = StoredPoint(_public(r.payload), arr)
+        return out
 
     def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         if not ids:
