@@ -611,6 +611,12 @@ def test_candidate_search_without_payloads_then_payload_lookup(
     assert point.payload == {"doc_id": ids["bread"]} and point.dense is not None
     assert float(point.dense @ qvec) == pytest.approx(dense[0].score, abs=1e-4)
     assert index.points([first], fields=())[first].dense is None
+    # exact re-scoring of a given id set: the same scores as the search, only those ids
+    some = [h.id for h in dense[:3]] + ["00000000-0000-0000-0000-00000000dead"]
+    rescored = index.rescore(qvec, some, limit=10)
+    assert [h.id for h in rescored] == [h.id for h in dense[:3]]
+    assert [h.score for h in rescored] == pytest.approx([h.score for h in dense[:3]], abs=1e-4)
+    assert index.rescore(qvec, some, limit=1)[0].id == dense[0].id
     # the search result itself reads payloads only for the hits it returns
     hits = engine.search("sourdough bread", top_k=2)
     assert hits[0].doc_id == ids["bread"] and hits[0].text

@@ -68,6 +68,7 @@ class FakeIndex:
         self.bm25 = [("c1", 5.0), ("a2", 4.0), ("e1", 1.0)]
         self.dense_queries: list[Vec] = []
         self.vector_requests: list[list[str]] = []
+        self.rescored: list[list[str]] = []
 
     def _payload(self, cid: str, fields: Sequence[str] | None) -> dict[str, Any]:
         full = {"doc_id": self.doc[cid], "text": f"text of {cid}"}
@@ -100,6 +101,11 @@ class FakeIndex:
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, Vec]:
         self.vector_requests.append(list(ids))
         return {i: self.vectors[i] for i in ids if i in self.vectors}
+
+    def rescore(self, dense: Vec, ids: Sequence[str], limit: int) -> list[IndexHit]:
+        self.rescored.append(list(ids))
+        scored = sorted(((float(self.vectors[i] @ dense), i) for i in ids if i in self.vectors), reverse=True)
+        return [IndexHit(i, s, {}) for s, i in scored[:limit]]
 
     def points(
         self, ids: Sequence[str], *, fields: Sequence[str] | None = None, dense: bool = False
@@ -178,7 +184,8 @@ def test_prf_rescore_ranks_the_first_stage_candidates_by_the_expanded_query() ->
 
     assert len(index.dense_queries) == 1  # no second index search
     first_stage = set(index.vectors)  # the fake's dense list holds every chunk at this limit
-    assert len(index.vector_requests) == 2 and set(index.vector_requests[1]) == first_stage
+    assert len(index.vector_requests) == 1 and len(index.rescored) == 1
+    assert set(index.rescored[0]) == first_stage
     want = QVEC + 0.7 * np.mean([index.vectors[c] for c in feedback], axis=0)
     want = want / np.linalg.norm(want)
     rescored = sorted(first_stage, key=lambda c: -float(index.vectors[c] @ want))

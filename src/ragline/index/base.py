@@ -74,6 +74,11 @@ class VectorIndex(Protocol):
         vector, for the stored ids among ``ids``; one read for both."""
         ...
 
+    def rescore(self, dense: npt.NDArray[np.float32], ids: Sequence[str], limit: int) -> list[IndexHit]:
+        """The stored points among ``ids`` scored against ``dense`` (exactly), best first, at most
+        ``limit``, without payloads."""
+        ...
+
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...
 
     def ensure_payload_index(self, key: str, sample: object) -> None:

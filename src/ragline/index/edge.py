@@ -163,6 +163,21 @@ class EdgeIndex:
             out[str(r.id)] = StoredPoint(_public(r.payload), arr)
         return out
 
+    def rescore(self, dense: npt.NDArray[np.float32], ids: Sequence[str], limit: int) -> list[IndexHit]:
+        if not ids or limit < 1:
+            return []
+        # an exact search restricted to the ids: the engine scores them natively (reading the
+        # vectors out to numpy instead cost 5x as much at 200 ids)
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(dense.astype(np.float32).tolist(), using=DENSE),
+            filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]),
+            with_payload=False,
+            params=qe.SearchParams(exact=True),
+        )
+        (result,) = self._shard.query_batch(qe.QueryBatchRequest([request]))
+        return [IndexHit(str(p.id), float(p.score), {}) for p in result]
+
     def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}

@@ -4,8 +4,8 @@ Optional dense pseudo-relevance feedback (hybrid mode, ``retrieval.prf_docs`` > 
 fused ranking's top ``prf_docs`` documents give their best chunk each; the query vector moves
 towards the mean of those chunks' stored vectors (Rocchio, q' = normalize(q + prf_beta * mean)),
 and a new dense list for q' is fused with the same BM25 list. ``retrieval.prf_mode`` says where
-that list comes from: ``rescore`` (default) scores the first-stage candidates of both lists by
-their stored vectors against q' (one vector read, no second index search); ``search`` searches
+that list comes from: ``rescore`` (default) scores the first-stage candidates of both lists
+against q' (an exact scoring of those ids only, no second index search); ``search`` searches
 the dense index again with q' (it can reach chunks neither first list held, for the price of a
 second HNSW search). The two measured the same nDCG@10 within noise on five sets
 (bench/eval_levers.py). Hits keep their cosine similarity to the original query as
@@ -150,19 +150,7 @@ class Retriever:
         # rescore: the first-stage candidates, both lists, by similarity to q' (the filter and
         # the deletions were already applied by the first searches)
         ids = list(dict.fromkeys([h.id for h in dense] + [h.id for h in sparse]))
-        stored = index.points(ids, fields=(), dense=True)
-        have: list[str] = []
-        rows: list[npt.NDArray[np.float32]] = []
-        for i in ids:
-            vec = stored[i].dense if i in stored else None
-            if vec is not None:
-                have.append(i)
-                rows.append(vec)
-        if not rows:
-            return None
-        scores = np.stack(rows) @ q
-        order = np.argsort(-scores, kind="stable")[:limit]
-        return [IndexHit(have[j], float(scores[j]), {}) for j in order]
+        return index.rescore(q, ids, limit) or None
 
 
 def _to_hits(
