@@ -90,7 +90,8 @@ class LlamaCppLLM:
         # automatic choice leaves half the cores to the rest of the process.
         n = threads or max(1, (os.cpu_count() or 2) // 2)
         params.cpuparams.n_threads = n
-        params.cpuparams_batch.n_threads = threads_batch or n
+        # prefill is one large batch per prompt, where every core pays off
+        params.cpuparams_batch.n_threads = threads_batch or (os.cpu_count() or 1)
         params.sampling.dry_multiplier = dry_multiplier  # a request's own value wins
         params.verbosity = -1
         params.warmup = False
