@@ -37,6 +37,28 @@ def test_embedding_truncates_at_max_tokens(embedder: OnnxEmbedder) -> None:
     assert embedder.embed_documents([long]).shape == (1, 384)  # cut to 256 pieces, no error
 
 
+def test_batching_does_not_change_embeddings(embedder: OnnxEmbedder) -> None:
+    """Texts of mixed lengths embed the same alone or together (batches follow length and the
+    attention budget; padding is masked out of the pooling)."""
+    texts = ["short one", "a " * 240 + "long tail", "medium length sentence " * 8, "x", "b " * 120]
+    together = embedder.embed_documents(texts)
+    alone = np.stack([embedder.embed_documents([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=2e-5)
+
+
+def test_batches_respect_size_and_attention_budget() -> None:
+    from ragline.embed.onnx import ATTENTION_BUDGET, _batches
+
+    lengths = [256, 10, 128, 64, 64, 9, 256, 30, 128, 128, 128, 128, 128]
+    batches = _batches(lengths, max_size=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each text once
+    for b in batches:
+        widest = max(lengths[i] for i in b)
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * widest**2 <= ATTENTION_BUDGET)
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+    assert [len(b) for b in batches if lengths[b[0]] == 256] == [1, 1]  # full-width texts go alone
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
