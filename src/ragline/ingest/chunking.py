@@ -45,6 +45,9 @@ class _Piece:
     text: str
     tokens: int
     joiner: str  # how it joins the piece before it
+    #: ``tokens`` is the count of ``text`` itself (False for a token window cut out of a longer
+    #: text: re-tokenized alone, its first word piece may come out differently)
+    exact: bool = True
 
 
 def chunk_id_for(doc_id: str, version: str, index: int) -> str:
@@ -162,11 +165,11 @@ class Chunker:
         for start in range(0, len(offsets), budget):
             window = offsets[start : start + budget]
             piece = text[window[0][0] : window[-1][1]]
-            out.append(_Piece(piece, len(window), joiner if start == 0 else " "))
+            out.append(_Piece(piece, len(window), joiner if start == 0 else " ", exact=False))
         return out
 
     def _pack(self, pieces: list[_Piece], budget: int, overlap: int) -> list[tuple[str, int]]:
-        chunks: list[tuple[str, int]] = []
+        chunks: list[tuple[str, int, bool]] = []  # text, token count, whether that count is exact
         current: list[_Piece] = []
         total = 0
         for piece in pieces:
@@ -193,10 +196,13 @@ class Chunker:
             total += piece.tokens
         if current:
             chunks.append(self._emit(current))
-        # Token counts of a join can differ by a piece at the seams; verify and re-split if needed.
+        # Token counts of a join can differ by a piece at the seams; verify (in one tokenizer call,
+        # and only chunks of several pieces: a lone piece's count is exact) and re-split if needed.
+        joined = [i for i, (_, _, exact) in enumerate(chunks) if not exact]
+        exact = dict(zip(joined, self._counter.count_tokens([chunks[i][0] for i in joined]), strict=True))
         verified: list[tuple[str, int]] = []
-        for text, _ in chunks:
-            n = self._count(text)
+        for i, (text, estimate, _) in enumerate(chunks):
+            n = exact.get(i, estimate)
             if n <= budget:
                 verified.append((text, n))
             else:
@@ -224,12 +230,12 @@ class Chunker:
         return _Piece(tail, n, "") if n <= limit else None
 
     @staticmethod
-    def _emit(pieces: list[_Piece]) -> tuple[str, int]:
+    def _emit(pieces: list[_Piece]) -> tuple[str, int, bool]:
         parts = [pieces[0].text]
         for p in pieces[1:]:
             parts.append(p.joiner or " ")
             parts.append(p.text)
-        return "".join(parts), sum(p.tokens for p in pieces)
+        return "".join(parts), sum(p.tokens for p in pieces), len(pieces) == 1 and pieces[0].exact
 
 
 def _header(title: str, heading: str) -> str:
