@@ -376,6 +376,7 @@ def chunks_bench(args: argparse.Namespace, efs: list[int]) -> dict[str, Any]:
         "hybrid_p50_ms": round(median([r["p50_ms"] for r in rounds]), 3),
         "hybrid_p99_ms": round(median([r["p99_ms"] for r in rounds]), 3),
         "hybrid_no_prf": parts["hybrid_no_prf"],
+        "hybrid_prf_search": parts["hybrid_prf_search"],
         "dense_only": parts["dense"],
         "bm25_only": parts["bm25"],
         "hybrid_exact_p50_ms": round(percentile(exact_lat, 0.5), 3),
