@@ -145,4 +145,3 @@ def _batches(lengths: Sequence[int], max_size: int) -> list[list[int]]:
     if batch:
         out.append(batch)
     return out
-
