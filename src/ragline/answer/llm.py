@@ -18,7 +18,8 @@ from ragline.config import LLMSettings
 from ragline.embed.factory import package_dir
 from ragline.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, RaglineError
 
-TokenCallback = Callable[[str], None]
+#: Receives each generated piece; returning True stops the generation (the caller went away).
+TokenCallback = Callable[[str], bool | None]
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -160,15 +161,21 @@ class LlamaCppLLM:
         parts: list[str] = []
         state: dict[str, Any] = {"finish": "stop", "prompt": 0, "completion": 0, "error": None}
 
-        def callback(chunk: Any) -> None:
+        def callback(chunk: Any) -> bool:
+            """True tells llama.cpp to stop this generation (xllamacpp ends the stream)."""
+            if state["finish"] == "cancelled":
+                return True
             if isinstance(chunk, dict) and "error" in chunk:
                 state["error"] = chunk
-                return
+                return False
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta", {}).get("content") if chat else choice.get("text")
                 if delta:
                     parts.append(delta)
-                    on_token(delta)
+                    state["completion"] += 1
+                    if on_token(delta):
+                        state["finish"] = "cancelled"
+                        return True
                 if choice.get("finish_reason"):
                     state["finish"] = choice["finish_reason"]
             usage = chunk.get("usage")
@@ -179,6 +186,7 @@ class LlamaCppLLM:
             if timings and not usage:
                 state["prompt"] = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))
                 state["completion"] = int(timings.get("predicted_n", 0))
+            return False
 
         result = _call(handler, request, callback)
         if state["error"] is not None:

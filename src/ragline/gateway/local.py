@@ -20,11 +20,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from ragline.answer.llm import LLM, Completion, TokenCallback
+from ragline.answer.tokens import DONE, TokenBridge
 from ragline.errors import RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
-
-_DONE = object()
 
 #: Runs a blocking model call in a worker thread (the server passes its bounded LLM pool).
 ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
@@ -91,16 +90,13 @@ class LocalDeployment:
         start = loop.time()
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
-        queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def on_token(tok: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, tok)
+        bridge = TokenBridge(loop)
 
         async def run() -> Completion:
             try:
-                return await self._run_in_thread(functools.partial(self._generate, body, on_token))
+                return await self._run_in_thread(functools.partial(self._generate, body, bridge.on_token))
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                bridge.finish()
 
         task = asyncio.create_task(run())
         cid, created = _completion_id(), int(time.time())
@@ -120,19 +116,20 @@ class LocalDeployment:
             while True:
                 try:
                     async with asyncio.timeout_at(end if started else first_by):
-                        item = await queue.get()
+                        item = await bridge.get()
                 except TimeoutError as e:
                     what = "total" if started else "first token"
                     raise UpstreamTimeout(
                         self._name, f"{what} timeout after {loop.time() - start:.2f} s"
                     ) from e
-                if item is _DONE:
+                if item is DONE:
                     break
                 started = True
                 yield chunk({"content": item})
             result = await task
         finally:
             if not task.done():
+                bridge.cancel()  # timed out or the reader is gone: stop the generation
                 task.cancel()
         yield chunk({}, result.finish_reason)
         opts = body.get("stream_options")

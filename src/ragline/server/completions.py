@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ragline.answer.llm import Completion
+from ragline.answer.tokens import DONE, TokenBridge
 from ragline.engine import Engine
 from ragline.errors import ContextLengthExceeded
 from ragline.observability.context import upstream
@@ -22,7 +23,6 @@ from ragline.server.model_threads import run_model
 from ragline.server.protocol import CompletionRequest
 
 LOCAL_DEPLOYMENT = "local"
-_DONE = object()
 
 
 def _usage(c: Completion) -> dict[str, int]:
@@ -84,17 +84,13 @@ class CompletionService:
     async def stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Yield text_completion chunks; validation errors raise before the first yield."""
         prompt = self._validate(req)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def on_token(tok: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, tok)
+        bridge = TokenBridge(asyncio.get_running_loop())
 
         async def run() -> Completion:
             try:
-                return await run_model(self._engine, self._generate, req, prompt, on_token)
+                return await run_model(self._engine, self._generate, req, prompt, bridge.on_token)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                bridge.finish()
 
         envelope = self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req)
 
@@ -105,17 +101,18 @@ class CompletionService:
         task = asyncio.create_task(run())
         try:
             # the first item is the model's first token or its end: errors before any text raise here
-            item = await queue.get()
-            if item is _DONE:
+            item = await bridge.get()
+            if item is DONE:
                 result = await task
             if req.echo:
                 yield chunk(prompt)
-            while item is not _DONE:
+            while item is not DONE:
                 yield chunk(str(item))
-                item = await queue.get()
+                item = await bridge.get()
             result = await task
         finally:
             if not task.done():
+                bridge.cancel()  # the reader is gone: stop the generation at its next token
                 task.cancel()
         yield chunk("", result.finish_reason)
         if req.stream_options and req.stream_options.include_usage:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ragline.answer.llm import Completion
+from ragline.answer.tokens import DONE, TokenBridge
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, RaglineError
 from ragline.gateway import Router
@@ -30,7 +31,6 @@ from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
 from ragline.types import Answer
 
 RAG_PREFIX = "rag/"
-_DONE = object()
 
 
 def _now() -> int:
@@ -187,19 +187,15 @@ class ChatService:
         collection = self._resolve(req)
         if collection is not None:
             self._question(req)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def on_token(tok: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, tok)
+        bridge = TokenBridge(asyncio.get_running_loop())
 
         async def run() -> Any:
             try:
                 if collection is not None:
-                    return await self._answer(req, collection, on_token)
-                return await run_model(self._engine, self._chat, req, on_token)
+                    return await self._answer(req, collection, bridge.on_token)
+                return await run_model(self._engine, self._chat, req, bridge.on_token)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                bridge.finish()
 
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
@@ -217,13 +213,14 @@ class ChatService:
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                item = await queue.get()
-                if item is _DONE:
+                item = await bridge.get()
+                if item is DONE:
                     break
                 yield chunk({"content": item})
             result = await task
         finally:
             if not task.done():
+                bridge.cancel()  # the reader is gone: stop the generation at its next token
                 task.cancel()
         if isinstance(result, Answer):
             d = result.to_dict()
