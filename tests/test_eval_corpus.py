@@ -61,3 +61,28 @@ def test_identical_documents_share_scores(tmp_path: Path) -> None:
     assert expand_duplicates({"a": 0.9, "c": 0.5}, groups) == {"a": 0.9, "b": 0.9, "c": 0.5}
     assert expand_duplicates({"c": 0.5}, groups) == {"c": 0.5}
     assert expand_duplicates({"a": 0.9}, {}) == {"a": 0.9}
+
+
+def test_index_cache_key_follows_what_changes_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scratch index is reused only while the chunks it would hold are the same."""
+    import ragline.eval.retrieval as retrieval
+    from ragline.config import load_settings
+
+    ds = load_beir(_dataset(tmp_path / "ds", [{"_id": "d1", "title": "T", "text": "some text"}]))
+    base = load_settings(data_dir=tmp_path / "data")
+    key = retrieval.index_key(ds, base, "emb")
+    # query-time settings do not touch the index
+    tuned = load_settings(data_dir=tmp_path / "data", retrieval={"convex_alpha": 0.3, "prf_mode": "search"})
+    assert retrieval.index_key(ds, tuned, "emb") == key
+    # chunking settings, the embedder and the chunker's own version do
+    assert (
+        retrieval.index_key(
+            ds, load_settings(data_dir=tmp_path / "data", chunking={"chunk_tokens": 128}), "emb"
+        )
+        != key
+    )
+    assert retrieval.index_key(ds, base, "other-embedder") != key
+    monkeypatch.setattr(retrieval, "CHUNKER_VERSION", retrieval.CHUNKER_VERSION + 1)
+    assert retrieval.index_key(ds, base, "emb") != key

@@ -39,7 +39,7 @@ from ragline.embed.base import Embedder
 from ragline.engine import Engine
 from ragline.eval.beir import BeirDataset, load_beir
 from ragline.eval.metrics import DEFAULT_METRICS, evaluate
-from ragline.ingest.chunking import content_hash
+from ragline.ingest.chunking import CHUNKER_VERSION, content_hash
 from ragline.ingest.pipeline import ProgressCallback
 from ragline.retrieval.retriever import Retriever
 from ragline.types import Hit, ParsedDocument, SearchMode
@@ -187,6 +187,7 @@ def index_key(dataset: BeirDataset, settings: Settings, embedder_name: str) -> s
         "corpus_bytes": st.st_size,
         "corpus_mtime_ns": st.st_mtime_ns,
         "chunking": settings.chunking.model_dump(),
+        "chunker_version": CHUNKER_VERSION,
         "embedder": {
             "name": embedder_name,
             "kind": e.kind,

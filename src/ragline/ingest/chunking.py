@@ -29,6 +29,9 @@ _LEVELS: tuple[re.Pattern[str], ...] = (
 _SPACE = re.compile(r"\s+")
 _JOINERS = ("\n\n", "\n", " ", " ")
 CHUNK_NAMESPACE = uuid.UUID("5b3a3c9e-4d0e-4b8a-9f39-2f7c1d7a0e11")
+#: Bumped whenever the same settings would cut the same text differently (caches of chunked
+#: corpora, such as the eval's scratch indexes, key on it).
+CHUNKER_VERSION = 2
 
 
 class TokenCounter(Protocol):
