@@ -46,6 +46,7 @@ unit: dev
 test: lint typecheck unit
 
 bench: dev
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 
 clean:

