@@ -8,7 +8,8 @@ settings) and, for each concurrency level C, runs C concurrent streaming clients
 against /v1/chat/completions, each sending ``--requests-per-stream`` requests back to
 back. Reports total completion tokens/s (sum over streams / wall time) and, per
 request, time to first token, end-to-end latency and the stream's own decode rate.
-``--threads`` runs the whole sweep once per llama.cpp thread count (0 = all cores):
+``--threads`` runs the whole sweep once per llama.cpp decode thread count (0 = the default,
+half the cores; prompt prefill uses every core unless llm.threads_batch says otherwise):
 on a machine shared with other work, llama.cpp's spinning worker threads make "all
 cores" far slower than one thread. Writes bench/results/local_model_throughput.json.
 """
@@ -149,7 +150,7 @@ def sweep(levels: list[int], n_parallel: int, threads: int, args: argparse.Names
             res["load_average_1m"] = round(os.getloadavg()[0], 2)
             results.append(res)
             print(
-                f"threads {threads or os.cpu_count()} · {c:>3} streams: "
+                f"threads {threads or max(1, (os.cpu_count() or 2) // 2)} · {c:>3} streams: "
                 f"{res['throughput_tokens_per_s']:7.1f} tok/s total · "
                 f"per stream {res['per_stream_tokens_per_s_p50']:6.1f} tok/s · "
                 f"TTFT p50 {res['ttft_p50_s']:.2f} s p95 {res['ttft_p95_s']:.2f} s · "
@@ -172,14 +173,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--requests-per-stream", type=int, default=2)
     ap.add_argument("--n-parallel", type=int, default=None, help="llama.cpp slots (default: settings)")
-    ap.add_argument("--threads", default=None, help="comma-separated llama.cpp thread counts (0 = all)")
+    ap.add_argument(
+        "--threads", default=None, help="comma-separated llama.cpp thread counts (0 = half the cores)"
+    )
     args = ap.parse_args()
     settings = load_settings()
     levels = [int(x) for x in args.levels.split(",")]
     n_parallel = args.n_parallel or settings.llm.n_parallel
     thread_counts = [int(x) for x in args.threads.split(",")] if args.threads else [settings.llm.threads]
     runs = [
-        {"llm_threads": t or os.cpu_count(), "levels": sweep(levels, n_parallel, t, args)}
+        {"llm_threads": t or max(1, (os.cpu_count() or 2) // 2), "levels": sweep(levels, n_parallel, t, args)}
         for t in thread_counts
     ]
     out = write_result(
