@@ -10,6 +10,7 @@ chunk, so no chunk is ever truncated by the embedder.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import uuid
@@ -51,6 +52,47 @@ class _Piece:
     #: ``tokens`` is the count of ``text`` itself (False for a token window cut out of a longer
     #: text: re-tokenized alone, its first word piece may come out differently)
     exact: bool = True
+
+
+class _Tokens:
+    """A text tokenized once: the count of any whitespace-bounded span comes from the offsets.
+
+    For word-piece tokenizers (BERT's, MiniLM's) no token crosses whitespace, so the tokens that
+    lie inside a span are exactly what tokenizing the span alone gives. Other tokenizers may
+    differ by a piece at the edges; the packed chunks are counted for real afterwards either way.
+    """
+
+    def __init__(self, text: str, offsets: Sequence[tuple[int, int]]) -> None:
+        self.text = text
+        self.starts = [a for a, _ in offsets]
+        self.ends = [b for _, b in offsets]
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Index range [i, j) of the tokens that lie inside text[start:end]."""
+        return bisect.bisect_left(self.starts, start), bisect.bisect_right(self.ends, end)
+
+    def count(self, start: int, end: int) -> int:
+        i, j = self.span(start, end)
+        return max(0, j - i)
+
+
+def _parts(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """The non-empty, whitespace-stripped spans between ``pattern``'s matches in text[start:end]."""
+    spans: list[tuple[int, int]] = []
+    pos = start
+    for m in pattern.finditer(text, start, end):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, end))
+    out = []
+    for s, e in spans:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if s < e:
+            out.append((s, e))
+    return out
 
 
 def chunk_id_for(doc_id: str, version: str, index: int) -> str:
@@ -139,37 +181,44 @@ class Chunker:
         text = text.strip()
         if not text:
             return []
-        pieces = self._split(text, budget, 0, "")
+        # one tokenization of the whole section; pieces are counted from its offsets
+        tokens = _Tokens(text, self._counter.token_offsets(text))
+        pieces = self._split(tokens, 0, len(text), budget, 0, "")
         return self._pack(pieces, budget, overlap)
 
-    def _split(self, text: str, budget: int, level: int, joiner: str) -> list[_Piece]:
-        n = self._count(text)
+    def _split(
+        self, tok: _Tokens, start: int, end: int, budget: int, level: int, joiner: str
+    ) -> list[_Piece]:
+        n = tok.count(start, end)
         if n <= budget:
-            return [_Piece(text, n, joiner)]
+            return [_Piece(tok.text[start:end], n, joiner, exact=False)]
         if level >= len(_LEVELS):
-            return self._token_windows(text, budget, joiner)
-        parts = [p.strip() for p in _LEVELS[level].split(text)]
-        parts = [p for p in parts if p]
+            return self._windows(tok, start, end, budget, joiner)
+        parts = _parts(tok.text, start, end, _LEVELS[level])
         if len(parts) <= 1:
-            return self._split(text, budget, level + 1, joiner)
+            return self._split(tok, start, end, budget, level + 1, joiner)
         out: list[_Piece] = []
-        counts = self._counter.count_tokens(parts)
-        for i, (part, cnt) in enumerate(zip(parts, counts, strict=True)):
+        for i, (s, e) in enumerate(parts):
             j = joiner if i == 0 else _JOINERS[level]
+            cnt = tok.count(s, e)
             if cnt <= budget:
-                out.append(_Piece(part, cnt, j))
+                out.append(_Piece(tok.text[s:e], cnt, j, exact=False))
             else:
-                out.extend(self._split(part, budget, level + 1, j))
+                out.extend(self._split(tok, s, e, budget, level + 1, j))
+        return out
+
+    def _windows(self, tok: _Tokens, start: int, end: int, budget: int, joiner: str) -> list[_Piece]:
+        """Cut text[start:end] into windows of ``budget`` tokens (the last resort: one long word)."""
+        i, j = tok.span(start, end)
+        out: list[_Piece] = []
+        for k in range(i, j, budget):
+            last = min(k + budget, j) - 1
+            piece = tok.text[tok.starts[k] : tok.ends[last]]
+            out.append(_Piece(piece, last - k + 1, joiner if k == i else " ", exact=False))
         return out
 
     def _token_windows(self, text: str, budget: int, joiner: str) -> list[_Piece]:
-        offsets = self._counter.token_offsets(text)
-        out: list[_Piece] = []
-        for start in range(0, len(offsets), budget):
-            window = offsets[start : start + budget]
-            piece = text[window[0][0] : window[-1][1]]
-            out.append(_Piece(piece, len(window), joiner if start == 0 else " ", exact=False))
-        return out
+        return self._windows(_Tokens(text, self._counter.token_offsets(text)), 0, len(text), budget, joiner)
 
     def _pack(self, pieces: list[_Piece], budget: int, overlap: int) -> list[tuple[str, int]]:
         chunks: list[tuple[str, int, bool]] = []  # text, token count, whether that count is exact
