@@ -18,6 +18,7 @@ from pathlib import Path
 from bench._common import SHARED_DATA
 
 PY = sys.executable
+DATASETS = ("scifact", "nfcorpus", "cranfield", "xquad-en", "covidqa")
 
 
 def _eval(dataset: str) -> list[str]:
@@ -40,7 +41,29 @@ BENCHES: dict[str, list[str]] = {
     "ingest_throughput": [PY, "-m", "bench.ingest_throughput"],
     "search_latency": [PY, "-m", "bench.search_latency"],
     "rag_answers": [PY, "-m", "bench.rag_answers"],
-    **{f"eval-{d}": _eval(d) for d in ("scifact", "nfcorpus", "cranfield", "xquad-en", "covidqa")},
+    **{f"eval-{d}": _eval(d) for d in DATASETS},
+    # the fusion lever sweeps on the eval indexes just built, and their cross-dataset table
+    **{
+        f"levers-{d}": [
+            PY,
+            "-m",
+            "bench.eval_levers",
+            "--dataset",
+            str(SHARED_DATA / d),
+            "--json",
+            f"bench/results/levers-{d}.json",
+        ]
+        for d in DATASETS
+    },
+    "levers-summary": [
+        PY,
+        "-m",
+        "bench.eval_levers",
+        "--summarize",
+        *[f"bench/results/levers-{d}.json" for d in DATASETS],
+        "--md",
+        "bench/results/eval-levers.md",
+    ],
 }
 
 
