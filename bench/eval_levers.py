@@ -206,7 +206,8 @@ class Prf:
     def vectors(self, ids: Sequence[str]) -> list[Vec]:
         missing = [i for i in ids if i not in self._vecs]
         if missing:
-            self._vecs.update(self.index.dense_vectors(missing))
+            stored = self.index.points(missing, fields=(), dense=True)
+            self._vecs.update({i: p.dense for i, p in stored.items() if p.dense is not None})
         return [self._vecs[i] for i in ids if i in self._vecs]
 
     def rescore(self, q: QueryLists, feedback: Sequence[str], beta: float, cand: int) -> list[IndexHit]:

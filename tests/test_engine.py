@@ -601,11 +601,12 @@ def test_candidate_search_without_payloads_then_payload_lookup(
     assert dense and sparse
     assert all(h.payload == {} for h in dense + sparse)
     first = dense[0].id
-    full = index.payloads([first, "00000000-0000-0000-0000-00000000dead"])
+    full = index.points([first, "00000000-0000-0000-0000-00000000dead"])
     assert list(full) == [first]  # unknown ids are left out, not errors
-    assert full[first]["doc_id"] == ids["bread"] and full[first]["text"]
-    only = index.payloads([first], fields=("doc_id",))
-    assert only == {first: {"doc_id": ids["bread"]}}
+    assert full[first].payload["doc_id"] == ids["bread"] and full[first].payload["text"]
+    assert full[first].dense is None  # vectors only when asked for
+    only = index.points([first], fields=("doc_id",))
+    assert only[first].payload == {"doc_id": ids["bread"]}
     # doc id and stored vector in one read: the vector is the one the dense search scored
     point = index.points([first], fields=("doc_id",), dense=True)[first]
     assert point.payload == {"doc_id": ids["bread"]} and point.dense is not None

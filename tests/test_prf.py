@@ -77,9 +77,6 @@ class FakeIndex:
     def _hit(self, cid: str, score: float, fields: Sequence[str] | None) -> IndexHit:
         return IndexHit(cid, score, self._payload(cid, fields))
 
-    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        return {i: self._payload(i, fields) for i in ids if i in self.vectors}
-
     def search(
         self,
         *,
@@ -97,10 +94,6 @@ class FakeIndex:
             dense_hits = [self._hit(cid, s, fields) for s, cid in scored[:limit]]
         sparse = [self._hit(cid, s, fields) for cid, s in self.bm25[:limit]] if text is not None else []
         return dense_hits, sparse
-
-    def dense_vectors(self, ids: Sequence[str]) -> dict[str, Vec]:
-        self.vector_requests.append(list(ids))
-        return {i: self.vectors[i] for i in ids if i in self.vectors}
 
     def rescore(self, dense: Vec, ids: Sequence[str], limit: int) -> list[IndexHit]:
         self.rescored.append(list(ids))

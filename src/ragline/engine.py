@@ -213,7 +213,8 @@ def _fill_dense_scores(col: Collection, hits: list[Hit], qvec: Any) -> None:
     missing = [h.chunk_id for h in hits if h.dense_score is None]
     if not missing:
         return
-    vectors = col.index.dense_vectors(missing)
+    stored = col.index.points(missing, fields=(), dense=True)
     for h in hits:
-        if h.dense_score is None and h.chunk_id in vectors:
-            h.dense_score = float(vectors[h.chunk_id] @ qvec)
+        vec = stored[h.chunk_id].dense if h.chunk_id in stored else None
+        if h.dense_score is None and vec is not None:
+            h.dense_score = float(vec @ qvec)

@@ -37,10 +37,6 @@ class TokenBridge:
         """The reader is gone: the model stops at its next token."""
         self._cancelled.set()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
     async def get(self) -> object:
         """The next piece, or ``DONE``."""
         return await self._queue.get()

@@ -59,12 +59,8 @@ class VectorIndex(Protocol):
 
         ``fields``: the payload keys each hit carries (None = the whole payload; () = none).
         Reading payloads is most of a search's cost, so candidate searches ask for none and
-        :meth:`payloads` fetches them for the few hits that are kept.
+        :meth:`points` reads them for the few hits that are kept.
         """
-        ...
-
-    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """id -> payload (only ``fields`` when given) for the stored ids among ``ids``."""
         ...
 
     def points(
@@ -78,8 +74,6 @@ class VectorIndex(Protocol):
         """The stored points among ``ids`` scored against ``dense`` (exactly), best first, at most
         ``limit``, without payloads."""
         ...
-
-    def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...
 
     def ensure_payload_index(self, key: str, sample: object) -> None:
         """Index a payload field for filtering, typed from a sample value."""

@@ -178,23 +178,6 @@ class EdgeIndex:
         (result,) = self._shard.query_batch(qe.QueryBatchRequest([request]))
         return [IndexHit(str(p.id), float(p.score), {}) for p in result]
 
-    def payloads(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        if not ids:
-            return {}
-        records = self._shard.retrieve(list(ids), with_payload=_selector(fields), with_vector=False)
-        return {str(r.id): _public(r.payload) for r in records}
-
-    def dense_vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-        if not ids:
-            return {}
-        records = self._shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
-        out = {}
-        for r in records:
-            vec = r.vector
-            if isinstance(vec, dict) and DENSE in vec:
-                out[str(r.id)] = np.asarray(vec[DENSE], dtype=np.float32)
-        return out
-
     def search(
         self,
         *,

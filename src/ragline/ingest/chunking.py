@@ -248,10 +248,13 @@ class Chunker:
             total += piece.tokens
         if current:
             chunks.append(self._emit(current))
-        # Token counts of a join can differ by a piece at the seams; verify (in one tokenizer call,
-        # and only chunks of several pieces: a lone piece's count is exact) and re-split if needed.
-        joined = [i for i, (_, _, exact) in enumerate(chunks) if not exact]
-        exact = dict(zip(joined, self._counter.count_tokens([chunks[i][0] for i in joined]), strict=True))
+        # Counts from offsets, and joins at the seams, may be off by a piece for some tokenizers:
+        # count every chunk whose count is not exact for real (one tokenizer call) and re-split
+        # any that exceeds the budget.
+        estimated = [i for i, (_, _, exact) in enumerate(chunks) if not exact]
+        exact = dict(
+            zip(estimated, self._counter.count_tokens([chunks[i][0] for i in estimated]), strict=True)
+        )
         verified: list[tuple[str, int]] = []
         for i, (text, estimate, _) in enumerate(chunks):
             n = exact.get(i, estimate)

@@ -164,12 +164,12 @@ def _to_hits(
     dscore = {h.id: h.score for h in dense}
     sscore = {h.id: h.score for h in sparse}
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-    payloads = index.payloads([cid for cid, _ in ranked])
+    stored = index.points([cid for cid, _ in ranked])
     out = []
     for cid, score in ranked:
-        if cid not in payloads:
+        if cid not in stored:
             continue
-        payload = dict(payloads[cid])
+        payload = dict(stored[cid].payload)
         text = str(payload.pop("text", ""))
         out.append(Hit(cid, score, text, payload, dscore.get(cid), sscore.get(cid)))
     return out
