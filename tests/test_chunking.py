@@ -309,3 +309,80 @@ def test_ingested_chunks_fit_the_model(
         assert h.payload["n_tokens"] == embedder.count_tokens([h.text])[0]
     words_in_chunks = {w for h in hits for w in h.text.split()}
     assert set(body.split()) <= words_in_chunks
+
+
+# -- lexical context (what BM25 indexes beside the chunk) -----------------------------------
+
+
+@pytest.mark.parametrize("context_tokens", [0, 16, 48])
+def test_lexical_context_widens_each_chunk_within_its_section(
+    embedder: OnnxEmbedder, context_tokens: int
+) -> None:
+    doc = ParsedDocument(
+        "doc",
+        "mem://doc",
+        "Doc",
+        [
+            Section(prose(4, 5, 12, start=0), heading_path=["A"]),
+            Section(prose(2, 5, 12, start=20_000), heading_path=["B"]),
+        ],
+    )
+    plain = Chunker(embedder, 64, 16).chunk(doc, "v1")
+    wide = Chunker(embedder, 64, 16, lexical_context_tokens=context_tokens).chunk(doc, "v1")
+
+    # the chunks themselves (what is embedded and returned) do not change
+    def key(c: Chunk) -> tuple[str, str, int]:
+        return c.chunk_id, c.text, c.n_tokens
+
+    assert [key(c) for c in wide] == [key(c) for c in plain]
+    for c in wide:
+        section = doc.sections[0] if c.section == "A" else doc.sections[1]
+        src = section.text.split()
+        if context_tokens == 0:
+            assert c.context == "" and c.lexical_text() == c.embedding_text()
+            continue
+        body = c.context or c.text
+        # a contiguous run of the section's words that holds the chunk ...
+        (a, b) = word_spans([Chunk("x", "d", 0, body, "", "", None, 0)], src)[0]
+        (ca, cb) = word_spans([c], src)[0]
+        assert a <= ca and cb <= b
+        # ... widened by context_tokens on each side where the section goes on (give or take the
+        # word pieces of the one word at each edge, which is kept whole)
+        before = embedder.count_tokens([" ".join(src[a:ca])])[0] if a < ca else 0
+        after = embedder.count_tokens([" ".join(src[cb:b])])[0] if cb < b else 0
+        assert before <= context_tokens + 4 and after <= context_tokens + 4
+        if ca > 0:
+            assert before >= context_tokens - 2 or a == 0
+        if cb < len(src):
+            assert after >= context_tokens - 2 or b == len(src)
+        assert c.lexical_text().startswith(f"Doc — {c.section}\n")
+
+
+def test_bm25_finds_a_chunk_by_a_word_of_its_lexical_context(
+    tmp_path: Path, make_engine: Callable[..., Engine]
+) -> None:
+    """A query word that sits just outside a chunk still finds that chunk by BM25 when the chunk's
+    lexical context reaches it; the hit's text stays the chunk itself."""
+    words = unique_words(400)
+    path = write_text(tmp_path / "doc.txt", " ".join(words))
+    engines = {}
+    for context in (0, 32):
+        eng = make_engine(
+            data_dir=tmp_path / f"data{context}",
+            chunking={"chunk_tokens": 64, "overlap_tokens": 0, "lexical_context_tokens": context},
+        )
+        eng.ingest([path])
+        engines[context] = eng
+    first = engines[0].search(words[0], top_k=10, mode="bm25")
+    assert len(first) == 1 and first[0].payload["chunk_index"] == 0
+    edge = first[0].text.split()[-1]  # the last word of chunk 0; chunk 1 starts right after it
+    plain = engines[0].search(edge, top_k=10, mode="bm25")
+    wide = engines[32].search(edge, top_k=10, mode="bm25")
+    # without context only chunk 0 holds the word; with it, chunk 1 (whose context reaches back
+    # 32 tokens) is found too, behind the chunk that holds the word itself
+    assert [h.payload["chunk_index"] for h in plain] == [0]
+    assert [h.payload["chunk_index"] for h in wide] == [0, 1]
+    # the hit is still the chunk itself (the context is only indexed): chunk 1 starts after the word
+    assert edge not in wide[1].text.split()
+    assert wide[1].text.split()[0] == words[words.index(edge) + 1]
+    assert wide[1].payload["n_tokens"] <= 64

@@ -72,6 +72,10 @@ class ChunkingSettings(BaseModel):
     overlap_tokens: int = Field(32, ge=0)
     #: Reserve at most this many tokens of the budget for the title/section header.
     max_header_tokens: int = Field(48, ge=0)
+    #: BM25 indexes each chunk widened by this many tokens of its section on each side (the
+    #: dense vector still covers the chunk alone): small chunks suit the embedder, wider text
+    #: suits BM25's term statistics. 0 = BM25 sees exactly the chunk.
+    lexical_context_tokens: int = Field(0, ge=0, le=4096)
 
     @field_validator("overlap_tokens")
     @classmethod

@@ -63,11 +63,23 @@ class Chunk:
     page: int | None
     n_tokens: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The chunk with some of its section's text on either side (chunking.lexical_context_tokens),
+    #: which BM25 indexes in place of the chunk alone; "" = the chunk's own text.
+    context: str = ""
+
+    def _header(self) -> str:
+        return " — ".join(p for p in (self.title, self.section) if p)
 
     def embedding_text(self) -> str:
-        """What the embedder and BM25 see: title and section give the chunk its context."""
-        head = " — ".join(p for p in (self.title, self.section) if p)
+        """What the embedder sees: title and section give the chunk its context."""
+        head = self._header()
         return f"{head}\n{self.text}" if head else self.text
+
+    def lexical_text(self) -> str:
+        """What BM25 indexes: the header and the chunk, widened by its context when there is one."""
+        body = self.context or self.text
+        head = self._header()
+        return f"{head}\n{body}" if head else body
 
 
 @dataclass(slots=True)

@@ -52,6 +52,19 @@ class _Piece:
     #: ``tokens`` is the count of ``text`` itself (False for a token window cut out of a longer
     #: text: re-tokenized alone, its first word piece may come out differently)
     exact: bool = True
+    #: Where the piece lies in the section text (character offsets; ``text`` is that span).
+    start: int = 0
+    end: int = 0
+
+
+@dataclass(slots=True)
+class _Cut:
+    """A packed chunk: its text, token count, and the section span it was cut from."""
+
+    text: str
+    tokens: int
+    start: int
+    end: int
 
 
 class _Tokens:
@@ -107,6 +120,7 @@ class Chunker:
         chunk_tokens: int = 200,
         overlap_tokens: int = 32,
         max_header_tokens: int = 48,
+        lexical_context_tokens: int = 0,
     ) -> None:
         # [CLS] and [SEP] take two of the model's positions.
         self._capacity = counter.max_tokens - 2
@@ -116,6 +130,7 @@ class Chunker:
         self._chunk_tokens = chunk_tokens
         self._overlap = overlap_tokens
         self._max_header = max_header_tokens
+        self._context = lexical_context_tokens
 
     @property
     def capacity(self) -> int:
@@ -132,22 +147,42 @@ class Chunker:
             header_tokens = self._count(_header(title, heading)) if (title or heading) else 0
             budget = max(8, min(self._chunk_tokens, self._capacity - header_tokens))
             overlap = min(self._overlap, budget // 2)
-            for text, n_tokens in self._split_section(section.text, budget, overlap):
+            tokens, cuts = self._split_section(section.text, budget, overlap)
+            for cut in cuts:
                 idx = len(chunks)
                 chunks.append(
                     Chunk(
                         chunk_id=chunk_id_for(doc.doc_id, version, idx),
                         doc_id=doc.doc_id,
                         index=idx,
-                        text=text,
+                        text=cut.text,
                         title=title,
                         section=heading,
                         page=section.page,
-                        n_tokens=n_tokens,
+                        n_tokens=cut.tokens,
                         metadata={},
+                        context=self._lexical_context(tokens, cut),
                     )
                 )
         return chunks
+
+    def _lexical_context(self, tok: _Tokens, cut: _Cut) -> str:
+        """The chunk's span widened by ``lexical_context_tokens`` tokens of its section on each
+        side ("" when there is no context to add): what BM25 indexes for the chunk."""
+        if self._context <= 0 or not tok.starts:
+            return ""
+        i, j = tok.span(cut.start, cut.end)
+        a = max(0, min(i, len(tok.starts)) - self._context)
+        b = min(len(tok.ends), max(j, a + 1) + self._context)
+        start, end = min(tok.starts[a], cut.start), max(tok.ends[b - 1], cut.end)
+        text = tok.text
+        while start > 0 and not text[start - 1].isspace():  # whole words only
+            start -= 1
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        if start >= cut.start and end <= cut.end:
+            return ""
+        return text[start:end]
 
     # -- internals -----------------------------------------------------------------
 
@@ -177,21 +212,21 @@ class Chunker:
             title = self._truncate(title, max(self._max_header - 2, 1))
         return title, heading
 
-    def _split_section(self, text: str, budget: int, overlap: int) -> list[tuple[str, int]]:
+    def _split_section(self, text: str, budget: int, overlap: int) -> tuple[_Tokens, list[_Cut]]:
         text = text.strip()
-        if not text:
-            return []
         # one tokenization of the whole section; pieces are counted from its offsets
-        tokens = _Tokens(text, self._counter.token_offsets(text))
+        tokens = _Tokens(text, self._counter.token_offsets(text) if text else [])
+        if not text:
+            return tokens, []
         pieces = self._split(tokens, 0, len(text), budget, 0, "")
-        return self._pack(pieces, budget, overlap)
+        return tokens, self._pack(pieces, budget, overlap)
 
     def _split(
         self, tok: _Tokens, start: int, end: int, budget: int, level: int, joiner: str
     ) -> list[_Piece]:
         n = tok.count(start, end)
         if n <= budget:
-            return [_Piece(tok.text[start:end], n, joiner, exact=False)]
+            return [_Piece(tok.text[start:end], n, joiner, False, start, end)]
         if level >= len(_LEVELS):
             return self._windows(tok, start, end, budget, joiner)
         parts = _parts(tok.text, start, end, _LEVELS[level])
@@ -202,7 +237,7 @@ class Chunker:
             j = joiner if i == 0 else _JOINERS[level]
             cnt = tok.count(s, e)
             if cnt <= budget:
-                out.append(_Piece(tok.text[s:e], cnt, j, exact=False))
+                out.append(_Piece(tok.text[s:e], cnt, j, False, s, e))
             else:
                 out.extend(self._split(tok, s, e, budget, level + 1, j))
         return out
@@ -213,15 +248,15 @@ class Chunker:
         out: list[_Piece] = []
         for k in range(i, j, budget):
             last = min(k + budget, j) - 1
-            piece = tok.text[tok.starts[k] : tok.ends[last]]
-            out.append(_Piece(piece, last - k + 1, joiner if k == i else " ", exact=False))
+            a, b = tok.starts[k], tok.ends[last]
+            out.append(_Piece(tok.text[a:b], last - k + 1, joiner if k == i else " ", False, a, b))
         return out
 
     def _token_windows(self, text: str, budget: int, joiner: str) -> list[_Piece]:
         return self._windows(_Tokens(text, self._counter.token_offsets(text)), 0, len(text), budget, joiner)
 
-    def _pack(self, pieces: list[_Piece], budget: int, overlap: int) -> list[tuple[str, int]]:
-        chunks: list[tuple[str, int, bool]] = []  # text, token count, whether that count is exact
+    def _pack(self, pieces: list[_Piece], budget: int, overlap: int) -> list[_Cut]:
+        chunks: list[tuple[_Cut, bool]] = []  # the cut, and whether its token count is exact
         current: list[_Piece] = []
         total = 0
         for piece in pieces:
@@ -251,17 +286,19 @@ class Chunker:
         # Counts from offsets, and joins at the seams, may be off by a piece for some tokenizers:
         # count every chunk whose count is not exact for real (one tokenizer call) and re-split
         # any that exceeds the budget.
-        estimated = [i for i, (_, _, exact) in enumerate(chunks) if not exact]
+        estimated = [i for i, (_, exact) in enumerate(chunks) if not exact]
         exact = dict(
-            zip(estimated, self._counter.count_tokens([chunks[i][0] for i in estimated]), strict=True)
+            zip(estimated, self._counter.count_tokens([chunks[i][0].text for i in estimated]), strict=True)
         )
-        verified: list[tuple[str, int]] = []
-        for i, (text, estimate, _) in enumerate(chunks):
-            n = exact.get(i, estimate)
+        verified: list[_Cut] = []
+        for i, (cut, _) in enumerate(chunks):
+            n = exact.get(i, cut.tokens)
             if n <= budget:
-                verified.append((text, n))
-            else:
-                verified.extend((p.text, p.tokens) for p in self._token_windows(text, budget, ""))
+                cut.tokens = n
+                verified.append(cut)
+            else:  # windows of the joined text; each keeps the span of the chunk it came from
+                windows = self._token_windows(cut.text, budget, "")
+                verified.extend(_Cut(p.text, p.tokens, cut.start, cut.end) for p in windows)
         return verified
 
     def _tail(self, piece: _Piece, limit: int) -> _Piece | None:
@@ -282,15 +319,18 @@ class Chunker:
         if not tail:
             return None
         n = self._count(tail)
-        return _Piece(tail, n, "") if n <= limit else None
+        lead = len(text[start:]) - len(text[start:].lstrip())
+        begin = piece.start + start + lead
+        return _Piece(tail, n, "", True, begin, begin + len(tail)) if n <= limit else None
 
     @staticmethod
-    def _emit(pieces: list[_Piece]) -> tuple[str, int, bool]:
+    def _emit(pieces: list[_Piece]) -> tuple[_Cut, bool]:
         parts = [pieces[0].text]
         for p in pieces[1:]:
             parts.append(p.joiner or " ")
             parts.append(p.text)
-        return "".join(parts), sum(p.tokens for p in pieces), len(pieces) == 1 and pieces[0].exact
+        cut = _Cut("".join(parts), sum(p.tokens for p in pieces), pieces[0].start, pieces[-1].end)
+        return cut, len(pieces) == 1 and pieces[0].exact
 
 
 def _header(title: str, heading: str) -> str:

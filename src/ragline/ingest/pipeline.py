@@ -88,7 +88,9 @@ class Ingestor:
         self._embedder = embedder
         self._col = collection
         c = settings.chunking
-        self._chunker = Chunker(embedder, c.chunk_tokens, c.overlap_tokens, c.max_header_tokens)
+        self._chunker = Chunker(
+            embedder, c.chunk_tokens, c.overlap_tokens, c.max_header_tokens, c.lexical_context_tokens
+        )
         self._fingerprint = hashlib.sha256(
             json.dumps(
                 {"chunking": c.model_dump(), "embedder": embedder.name, "cap": self._chunker.capacity},
@@ -280,7 +282,7 @@ class Ingestor:
         chunks = [c for p in group for c in p.chunks]
         vectors = self._embedder.embed_documents([c.embedding_text() for c in chunks])
         points = [
-            IndexPoint(id=c.chunk_id, dense=vectors[i], lexical_text=c.embedding_text(), payload=c.metadata)
+            IndexPoint(id=c.chunk_id, dense=vectors[i], lexical_text=c.lexical_text(), payload=c.metadata)
             for i, c in enumerate(chunks)
         ]
         changes = [PendingChange(p.record.doc_id, p.record, p.record.chunk_ids, p.old_ids) for p in group]
