@@ -386,3 +386,35 @@ def test_bm25_finds_a_chunk_by_a_word_of_its_lexical_context(
     assert edge not in wide[1].text.split()
     assert wide[1].text.split()[0] == words[words.index(edge) + 1]
     assert wide[1].payload["n_tokens"] <= 64
+
+
+def test_title_weight_makes_a_title_match_outrank_a_body_match(
+    tmp_path: Path, make_engine: Callable[..., Engine]
+) -> None:
+    """With chunking.lexical_title_weight 2 BM25 counts the title twice: a document about the
+    query word (it is in its title) outranks one that mentions it once in passing."""
+    filler = " ".join(unique_words(60, start=1000))
+    other = " ".join(unique_words(60, start=2000))  # distinct text: not a near-duplicate
+    titled = write_text(tmp_path / "a.md", f"# Zebra habitats\n\n{filler} grasslands.\n")
+    passing = write_text(tmp_path / "b.md", f"# Savanna notes\n\n{other} zebra.\n")
+    scores = {}
+    for weight in (1, 2):
+        eng = make_engine(data_dir=tmp_path / f"w{weight}", chunking={"lexical_title_weight": weight})
+        eng.ingest([titled, passing])
+        hits = eng.search("zebra", top_k=5, mode="bm25")
+        assert {h.title for h in hits} == {"Zebra habitats", "Savanna notes"}
+        by_title = {h.title: h.score for h in hits}
+        scores[weight] = by_title["Zebra habitats"] / by_title["Savanna notes"]
+        if weight == 2:
+            assert hits[0].title == "Zebra habitats"
+            assert hits[0].text.split()[0] == filler.split()[0]  # the hit is the chunk, no repeated title
+    assert scores[2] > scores[1] * 1.2
+
+
+def test_lexical_text_counts_the_title_as_often_as_asked() -> None:
+    c = Chunk("id", "d", 0, "body words", "The Title", "Part", None, 2, context="before body words after")
+    assert c.lexical_text() == "The Title — Part\nbefore body words after"
+    assert c.lexical_text(3) == "The Title\nThe Title\nThe Title — Part\nbefore body words after"
+    assert c.embedding_text() == "The Title — Part\nbody words"
+    untitled = Chunk("id", "d", 0, "body", "", "", None, 1)
+    assert untitled.lexical_text(2) == "body"

@@ -76,6 +76,9 @@ class ChunkingSettings(BaseModel):
     #: dense vector still covers the chunk alone): small chunks suit the embedder, wider text
     #: suits BM25's term statistics. 0 = BM25 sees exactly the chunk.
     lexical_context_tokens: int = Field(0, ge=0, le=4096)
+    #: How many times the document title counts in what BM25 indexes for each chunk (1 = once,
+    #: in the header; 2 = twice: a title match weighs more than a match in the body).
+    lexical_title_weight: int = Field(1, ge=1, le=8)
 
     @field_validator("overlap_tokens")
     @classmethod

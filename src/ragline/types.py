@@ -75,10 +75,13 @@ class Chunk:
         head = self._header()
         return f"{head}\n{self.text}" if head else self.text
 
-    def lexical_text(self) -> str:
-        """What BM25 indexes: the header and the chunk, widened by its context when there is one."""
+    def lexical_text(self, title_weight: int = 1) -> str:
+        """What BM25 indexes: the header and the chunk, widened by its context when there is one;
+        the title counted ``title_weight`` times (field weighting by repetition)."""
         body = self.context or self.text
         head = self._header()
+        if self.title and title_weight > 1:
+            head = "\n".join([self.title] * (title_weight - 1) + [head])
         return f"{head}\n{body}" if head else body
 
 

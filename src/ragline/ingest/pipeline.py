@@ -280,9 +280,12 @@ class Ingestor:
 
     def _write_group(self, group: list[_Prepared], report: IngestReport) -> None:
         chunks = [c for p in group for c in p.chunks]
+        title_weight = self._settings.chunking.lexical_title_weight
         vectors = self._embedder.embed_documents([c.embedding_text() for c in chunks])
         points = [
-            IndexPoint(id=c.chunk_id, dense=vectors[i], lexical_text=c.lexical_text(), payload=c.metadata)
+            IndexPoint(
+                id=c.chunk_id, dense=vectors[i], lexical_text=c.lexical_text(title_weight), payload=c.metadata
+            )
             for i, c in enumerate(chunks)
         ]
         changes = [PendingChange(p.record.doc_id, p.record, p.record.chunk_ids, p.old_ids) for p in group]
