@@ -17,7 +17,9 @@ margin of each hybrid configuration over the better single retriever of every se
 The grid (issue 4): fusion = RRF (k 10/30/60) or convex (alpha 0.3-0.7, dense weight), fused
 at the chunk level (then each document keeps its best chunk) or at the document level (each
 retriever's chunk list collapsed to documents first, then fused), with and without dense
-pseudo-relevance feedback (PRF).
+pseudo-relevance feedback (PRF). Convex fusion's score scaling: min-max (``convex``), or
+``convex-dbsf`` (mean +- 3 sd, the product's ``retrieval.normalization: dbsf``), ``convex-z``
+(z-score) and ``convex-tmm`` (theoretical min-max: score / max), the last two bench-only.
 
 PRF (Rocchio on the dense side): from the first fused ranking take the top ``prf_docs``
 documents and the best chunk of each (chunk level: the document's top fused chunk; document
@@ -132,10 +134,6 @@ def _norm(hits: Sequence[IndexHit], how: str) -> dict[str, float]:
     elif how == "z":
         sd = float(xs.std())
         ys = (xs - xs.mean()) / sd if sd > 0 else np.zeros_like(xs)
-    elif how == "dbsf":
-        mu, sd = float(xs.mean()), float(xs.std())
-        lo, hi = mu - 3 * sd, mu + 3 * sd
-        ys = (xs - lo) / (hi - lo) if hi > lo else np.ones_like(xs)
     else:
         raise ValueError(how)
     return {h.id: float(y) for h, y in zip(hits, ys, strict=True)}
@@ -155,7 +153,10 @@ def _fusion(cfg: Config, d: Sequence[IndexHit], s: Sequence[IndexHit]) -> dict[s
         return fusion.rrf([d, s], k=int(cfg.param))
     if cfg.fusion == "convex":
         return fusion.convex(d, s, alpha=cfg.param)
-    return convex_norm(d, s, cfg.param, cfg.fusion.split("-", 1)[1])
+    how = cfg.fusion.split("-", 1)[1]
+    if how in fusion.NORMALIZATIONS:  # the product's own (retrieval.normalization)
+        return fusion.convex(d, s, alpha=cfg.param, normalization=how)
+    return convex_norm(d, s, cfg.param, how)
 
 
 def _ranked(scores: dict[str, float]) -> list[str]:

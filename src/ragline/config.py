@@ -108,6 +108,9 @@ class RetrievalSettings(BaseModel):
     rrf_k: int = Field(10, ge=1)
     #: Weight of the dense retriever in convex fusion (BM25 gets 1 - alpha).
     convex_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    #: How convex fusion puts each list's scores on one scale: "minmax" ([min, max] -> [0, 1]) or
+    #: "dbsf" ([mean - 3 sd, mean + 3 sd] -> [0, 1], distribution-based score fusion).
+    normalization: Literal["minmax", "dbsf"] = "minmax"
     #: Candidates each retriever contributes before fusion.
     candidates: int = Field(100, ge=1, le=10000)
     hnsw_ef: int = Field(128, ge=4)

@@ -96,7 +96,7 @@ class Retriever:
         s = self._settings
         if method is fusion.FusionMethod.RRF:
             return fusion.rrf([dense, sparse], k=s.rrf_k)
-        return fusion.convex(dense, sparse, alpha=s.convex_alpha)
+        return fusion.convex(dense, sparse, alpha=s.convex_alpha, normalization=s.normalization)
 
     def _feedback_vectors(self, index: VectorIndex, fused: dict[str, float]) -> list[npt.NDArray[np.float32]]:
         """The stored vectors of the best chunk of each of the top ``prf_docs`` documents of the
