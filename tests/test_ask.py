@@ -149,7 +149,8 @@ def test_streaming_tokens_match_the_generated_text(engine: Engine, counting_llm:
 
 
 def _words(text: str) -> str:
-    return " ".join(CITE.sub(" ", text).split())
+    """The text without citation markers, whitespace normalised (no space left before punctuation)."""
+    return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(CITE.sub(" ", text).split()))
 
 
 # -- the command line ------------------------------------------------------------------

@@ -393,8 +393,8 @@ def test_title_weight_makes_a_title_match_outrank_a_body_match(
 ) -> None:
     """With chunking.lexical_title_weight 2 BM25 counts the title twice: a document about the
     query word (it is in its title) outranks one that mentions it once in passing."""
-    filler = " ".join(unique_words(60, start=1000))
-    other = " ".join(unique_words(60, start=2000))  # distinct text: not a near-duplicate
+    filler = " ".join(unique_words(30, start=1000))  # one chunk per document
+    other = " ".join(unique_words(30, start=2000))  # distinct text: not a near-duplicate
     titled = write_text(tmp_path / "a.md", f"# Zebra habitats\n\n{filler} grasslands.\n")
     passing = write_text(tmp_path / "b.md", f"# Savanna notes\n\n{other} zebra.\n")
     scores = {}

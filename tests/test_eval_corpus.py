@@ -79,10 +79,13 @@ def test_index_cache_key_follows_what_changes_the_index(
     # chunking settings, the embedder and the chunker's own version do
     assert (
         retrieval.index_key(
-            ds, load_settings(data_dir=tmp_path / "data", chunking={"chunk_tokens": 128}), "emb"
+            ds, load_settings(data_dir=tmp_path / "data", chunking={"chunk_tokens": 96}), "emb"
         )
         != key
     )
+    for lexical in ({"lexical_context_tokens": 0}, {"lexical_title_weight": 2}):
+        changed = load_settings(data_dir=tmp_path / "data", chunking=lexical)
+        assert retrieval.index_key(ds, changed, "emb") != key
     assert retrieval.index_key(ds, base, "other-embedder") != key
     monkeypatch.setattr(retrieval, "CHUNKER_VERSION", retrieval.CHUNKER_VERSION + 1)
     assert retrieval.index_key(ds, base, "emb") != key

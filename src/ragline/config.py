@@ -67,15 +67,16 @@ class LLMSettings(BaseModel):
 
 class ChunkingSettings(BaseModel):
     #: Content tokens per chunk (word pieces of the embedding model). Clamped so the
-    #: chunk plus its title/section header never exceeds what the embedder reads.
-    chunk_tokens: int = Field(200, ge=16)
+    #: chunk plus its title/section header never exceeds what the embedder reads. 128 with a
+    #: 48-token lexical context measured best over five judged sets (docs/BENCHMARKS.md).
+    chunk_tokens: int = Field(128, ge=16)
     overlap_tokens: int = Field(32, ge=0)
     #: Reserve at most this many tokens of the budget for the title/section header.
     max_header_tokens: int = Field(48, ge=0)
     #: BM25 indexes each chunk widened by this many tokens of its section on each side (the
     #: dense vector still covers the chunk alone): small chunks suit the embedder, wider text
     #: suits BM25's term statistics. 0 = BM25 sees exactly the chunk.
-    lexical_context_tokens: int = Field(0, ge=0, le=4096)
+    lexical_context_tokens: int = Field(48, ge=0, le=4096)
     #: How many times the document title counts in what BM25 indexes for each chunk (1 = once,
     #: in the header; 2 = twice: a title match weighs more than a match in the body).
     lexical_title_weight: int = Field(1, ge=1, le=8)
@@ -83,7 +84,7 @@ class ChunkingSettings(BaseModel):
     @field_validator("overlap_tokens")
     @classmethod
     def _overlap_lt_chunk(cls, v: int, info: Any) -> int:
-        size = info.data.get("chunk_tokens", 200)
+        size = info.data.get("chunk_tokens", 128)
         if v >= size:
             raise ValueError(f"overlap_tokens ({v}) must be smaller than chunk_tokens ({size})")
         return v
