@@ -42,7 +42,7 @@ def main() -> None:
     from ragline.ingest.chunking import Chunker
     from ragline.ingest.parsers import iter_jsonl
 
-    chunker = Chunker(embedder, **load_settings(data_dir=tmp / "x").chunking.model_dump())
+    chunker = Chunker.from_settings(embedder, load_settings(data_dir=tmp / "x").chunking)
     size = -(-len(rows) // args.slices)
     slices: list[tuple[Path, list[str]]] = []
     for k in range(0, len(rows), size):

@@ -11,7 +11,8 @@ embedding them with the product's int8 all-MiniLM-L6-v2 takes minutes, not hours
 - nfcorpus (its text is preprocessed: no punctuation, so no sentences): windows of ~24 words;
 - the titles of scifact, cranfield and covidqa documents;
 - pieces under 5 words and exact duplicates dropped; the pool is shuffled (seed 0) and the
-  first ``--chunks`` taken. Mean length ~22 words (a product chunk is up to 128 word pieces, its BM25 text up to 224).
+  first ``--chunks`` taken. Mean length ~22 words (a product chunk is up to 128 word pieces,
+  its BM25 text up to 224).
 
 The embeddings are cached under ``bench/.cache/search_latency/`` (keyed by a hash of the texts),
 in blocks of 10k, so an interrupted run resumes; the built index is cached there too.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ragline.config import ChunkingSettings
 from ragline.types import Chunk, ParsedDocument
 
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -131,6 +132,16 @@ class Chunker:
         self._overlap = overlap_tokens
         self._max_header = max_header_tokens
         self._context = lexical_context_tokens
+
+    @classmethod
+    def from_settings(cls, counter: TokenCounter, settings: ChunkingSettings) -> Chunker:
+        return cls(
+            counter,
+            settings.chunk_tokens,
+            settings.overlap_tokens,
+            settings.max_header_tokens,
+            settings.lexical_context_tokens,
+        )
 
     @property
     def capacity(self) -> int:

@@ -88,9 +88,7 @@ class Ingestor:
         self._embedder = embedder
         self._col = collection
         c = settings.chunking
-        self._chunker = Chunker(
-            embedder, c.chunk_tokens, c.overlap_tokens, c.max_header_tokens, c.lexical_context_tokens
-        )
+        self._chunker = Chunker.from_settings(embedder, c)
         self._fingerprint = hashlib.sha256(
             json.dumps(
                 {"chunking": c.model_dump(), "embedder": embedder.name, "cap": self._chunker.capacity},
