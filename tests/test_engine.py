@@ -621,3 +621,23 @@ def test_candidate_search_without_payloads_then_payload_lookup(
     # the search result itself reads payloads only for the hits it returns
     hits = engine.search("sourdough bread", top_k=2)
     assert hits[0].doc_id == ids["bread"] and hits[0].text
+
+
+def test_dbsf_normalization_is_chosen_by_the_settings(mode_engine: tuple[Engine, dict[str, str]]) -> None:
+    """retrieval.normalization: dbsf scales each list by mean ± 3σ instead of min-max: the same
+    documents come first, on another scale (the top no longer gets exactly 1.0)."""
+    engine, ids = mode_engine
+    query = "telescopes measure the redshift of distant galaxies"
+    r = engine.settings.retrieval
+    saved = (r.normalization, r.fusion)
+    try:
+        r.fusion = "convex"
+        minmax = engine.search(query, mode="hybrid", top_k=5)
+        r.normalization = "dbsf"
+        dbsf = engine.search(query, mode="hybrid", top_k=5)
+    finally:
+        r.normalization, r.fusion = saved
+    assert minmax[0].doc_id == dbsf[0].doc_id == ids["astronomy"]
+    assert minmax[0].score == pytest.approx(1.0)
+    assert dbsf[0].score != pytest.approx(1.0)
+    assert [h.score for h in dbsf] == sorted((h.score for h in dbsf), reverse=True)
