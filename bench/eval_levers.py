@@ -73,6 +73,10 @@ class Config:
     #: how PRF uses q': "search" the dense index again, or "rescore" the first-stage candidates
     #: (dense and BM25 lists) by their stored vectors
     prf_mode: str = "search"
+    #: chunk level: how a document's chunks roll up: 0 = its best chunk (max); lam > 0 = the sum
+    #: of its best ``rollup_k`` chunk scores, the i-th (from 0) weighted lam ** i
+    rollup_lam: float = 0.0
+    rollup_k: int = 1
 
     @property
     def name(self) -> str:
@@ -84,6 +88,8 @@ class Config:
             base = f"{self.level} {self.fusion} a={self.param:g}"
         if self.level == "mix":
             base = base.replace("mix ", f"mix g={self.mix:g} ", 1)
+        if self.rollup_lam:
+            base += f" rollup top{self.rollup_k} l={self.rollup_lam:g}"
         if self.cand != 200:
             base += f" cand={self.cand}"
         if self.prf_docs:
@@ -102,6 +108,8 @@ class Config:
             "prf_beta": self.prf_beta,
             "mix": self.mix,
             "prf_mode": self.prf_mode,
+            "rollup_lam": self.rollup_lam,
+            "rollup_k": self.rollup_k,
         }
 
 
@@ -139,6 +147,23 @@ def _norm(hits: Sequence[IndexHit], how: str) -> dict[str, float]:
     return {h.id: float(y) for h, y in zip(hits, ys, strict=True)}
 
 
+def _peak(hits: Sequence[IndexHit]) -> float:
+    """How far a list's top score stands out: (top - mean) / sd over the list."""
+    xs = np.array([h.score for h in hits], dtype=np.float64)
+    sd = float(xs.std()) if len(xs) > 1 else 0.0
+    return float((xs[0] - xs.mean()) / sd) if sd > 0 else 1.0
+
+
+def adaptive_alpha(dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float) -> float:
+    """Per-query dense weight: ``alpha`` moved toward the retriever whose top score stands out
+    more (2 alpha x peak_d / (peak_d + peak_s), clipped to [0.2, 0.8])."""
+    if not dense or not sparse:
+        return alpha
+    pd, ps = max(_peak(dense), 0.0), max(_peak(sparse), 0.0)
+    a = 2 * alpha * pd / (pd + ps) if pd + ps > 0 else alpha
+    return min(0.8, max(0.2, a))
+
+
 def convex_norm(
     dense: Sequence[IndexHit], sparse: Sequence[IndexHit], alpha: float, how: str
 ) -> dict[str, float]:
@@ -153,6 +178,8 @@ def _fusion(cfg: Config, d: Sequence[IndexHit], s: Sequence[IndexHit]) -> dict[s
         return fusion.rrf([d, s], k=int(cfg.param))
     if cfg.fusion == "convex":
         return fusion.convex(d, s, alpha=cfg.param)
+    if cfg.fusion == "convex-peak":
+        return fusion.convex(d, s, alpha=adaptive_alpha(d, s, cfg.param))
     how = cfg.fusion.split("-", 1)[1]
     if how in fusion.NORMALIZATIONS:  # the product's own (retrieval.normalization)
         return fusion.convex(d, s, alpha=cfg.param, normalization=how)
@@ -179,12 +206,17 @@ def fuse(
             scores = {cid: v + cfg.mix * dscores.get(doc_of[cid], 0.0) for cid, v in scores.items()}
         docs: dict[str, float] = {}
         feedback: list[str] = []
+        taken: dict[str, int] = {}
         for cid in _ranked(scores)[: cfg.cand]:
             doc = doc_of[cid]
             if doc not in docs:
                 docs[doc] = scores[cid]
+                taken[doc] = 1
                 if len(feedback) < fb:
                     feedback.append(cid)
+            elif cfg.rollup_lam and taken[doc] < cfg.rollup_k:
+                docs[doc] += cfg.rollup_lam ** taken[doc] * scores[cid]
+                taken[doc] += 1
         return docs, feedback
     dd, sd = doc_list(d, doc_of), doc_list(s, doc_of)
     docs = _fusion(cfg, dd, sd)
@@ -275,6 +307,22 @@ def grid(limit: int) -> list[Config]:
             for a in (0.3, 0.4, 0.5, 0.6):
                 for prf in ((0, 0.0), (3, 1.0)):
                     out.append(Config(f"convex-{how}", a, level, prf_docs=prf[0], prf_beta=prf[1]))
+    # session 4: chunk scores summed into the document (top 2 / top 3), and a per-query dense weight
+    for k, lam in ((2, 0.1), (2, 0.2), (2, 0.3), (3, 0.1), (2, 0.5)):
+        out.append(
+            Config(
+                "convex",
+                0.5,
+                "chunk",
+                prf_docs=3,
+                prf_beta=1.0,
+                prf_mode="rescore",
+                rollup_lam=lam,
+                rollup_k=k,
+            )
+        )
+    for prf in ((0, 0.0), (3, 1.0)):
+        out.append(Config("convex-peak", 0.5, "chunk", prf_docs=prf[0], prf_beta=prf[1], prf_mode="rescore"))
     return [c for c in out if c.cand <= limit]
 
 

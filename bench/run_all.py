@@ -21,7 +21,8 @@ PY = sys.executable
 DATASETS = ("scifact", "nfcorpus", "cranfield", "xquad-en", "covidqa")
 
 
-def _eval(dataset: str) -> list[str]:
+def _eval(dataset: str, config: str | None = None, suffix: str = "") -> list[str]:
+    extra = ["--config", config] if config else []
     return [
         str(Path(PY).parent / "ragline"),
         "eval",
@@ -30,8 +31,9 @@ def _eval(dataset: str) -> list[str]:
         str(SHARED_DATA / dataset),
         "--mode",
         "all",
+        *extra,
         "--out",
-        f"bench/results/eval-{dataset}.json",
+        f"bench/results/eval-{dataset}{suffix}.json",
     ]
 
 
@@ -54,6 +56,25 @@ BENCHES: dict[str, list[str]] = {
             f"bench/results/levers-{d}.json",
         ]
         for d in DATASETS
+    },
+    # a second shipped embedder as a third retriever: GloVe-50 beside MiniLM and BM25
+    **{
+        f"third-retriever-{d}": [
+            PY,
+            "-m",
+            "bench.third_retriever",
+            "--dataset",
+            str(SHARED_DATA / d),
+            "--json",
+            f"bench/results/third-retriever-{d}.json",
+        ]
+        for d in DATASETS
+    },
+    # the shipped model's fp32 weights in place of the int8 file (exported once, in its own venv)
+    "minilm-fp32-export": ["bash", "bench/minilm_fp32_setup.sh"],
+    **{
+        f"eval-{d}-minilm-fp32": _eval(d, "bench/configs/embedder-minilm-fp32.yaml", "-minilm-fp32")
+        for d in ("scifact", "nfcorpus")
     },
     # BM25's index-time settings on SciFact, re-scored without re-embedding
     "bm25-levers-scifact": [PY, "-m", "bench.bm25_levers", "--dataset", str(SHARED_DATA / "scifact")],
