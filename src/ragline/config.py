@@ -163,6 +163,10 @@ class AnswerSettings(BaseModel):
     #: 44 tokens on XQuAD); the cap cuts the small model's occasional run-on, which sets the P95
     #: latency (96: P95 2.3 s, same F1 and citation precision as 256).
     max_tokens: int = Field(96, ge=1, le=4096)
+    #: Build answers from each source's window (the chunk plus ``chunking.lexical_context_tokens``
+    #: of its section on either side, stored at ingestion) instead of the chunk alone: search
+    #: ranks small chunks, the model reads, and citations point at, the wider text.
+    source_window: bool = True
 
 
 class ServerSettings(BaseModel):

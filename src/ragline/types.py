@@ -113,6 +113,13 @@ class Hit:
         p = self.payload.get("page")
         return int(p) if isinstance(p, int | float) else None
 
+    @property
+    def window(self) -> str:
+        """The chunk with its section's text on either side (stored at ingestion when
+        ``chunking.lexical_context_tokens`` > 0), else the chunk's own text."""
+        w = self.payload.get("window")
+        return w if isinstance(w, str) and w else self.text
+
 
 @dataclass(slots=True)
 class Citation:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -33,6 +34,12 @@ class Answerer:
         scores = [h.dense_score for h in hits if h.dense_score is not None]
         return max(scores) if scores else -1.0
 
+    def shown(self, hits: Sequence[Hit]) -> list[Hit]:
+        """The sources as the answer uses them: each widened to its window (``source_window``)."""
+        if not self._settings.source_window:
+            return list(hits)
+        return [_widened(h) for h in hits]
+
     def not_found(self, hits: Sequence[Hit], usage: Usage, mode: AnswerMode) -> Answer:
         return Answer(NOT_FOUND, [], list(hits), usage, mode, found=False)
 
@@ -40,6 +47,7 @@ class Answerer:
         self, question: str, query_vector: np.ndarray, hits: Sequence[Hit], usage: Usage
     ) -> Answer:
         t0 = time.perf_counter()
+        hits = self.shown(hits)
         candidates: list[tuple[int, str]] = []
         for n, h in enumerate(hits, start=1):
             for s in cit.split_sentences(h.text):
@@ -78,7 +86,7 @@ class Answerer:
         query_vector: npt.NDArray[np.float32] | None = None,
         max_tokens: int | None = None,
     ) -> Answer:
-        sources = select_sources(hits, self._settings.context_tokens)
+        sources = select_sources(self.shown(hits), self._settings.context_tokens)
         texts = None
         if self._settings.context_sentences:
             qvec = query_vector if query_vector is not None else self._embedder.embed_queries([question])[0]
@@ -105,3 +113,16 @@ class Answerer:
         for n in cit.cited_numbers(text):
             citations.append(cit.make_citation(n, sources[n - 1], inferred=n not in by_model))
         return Answer(text, citations, list(sources), usage, "generate", found=True)
+
+
+def _widened(hit: Hit) -> Hit:
+    """The hit showing its window; ``n_tokens`` scaled to the window's length (the context
+    budget counts what the model reads)."""
+    window = hit.window
+    if window is hit.text:
+        return hit
+    payload = dict(hit.payload)
+    n = payload.get("n_tokens")
+    if isinstance(n, int | float) and n > 0 and hit.text:
+        payload["n_tokens"] = max(1, round(n * len(window) / len(hit.text)))
+    return dataclasses.replace(hit, text=window, payload=payload)

@@ -181,7 +181,7 @@ def index_key(dataset: BeirDataset, settings: Settings, embedder_name: str) -> s
     e = settings.embedder
     r = settings.retrieval
     ident = {
-        "format": 1,
+        "format": 2,  # 2: chunk payloads carry their window (answer.source_window)
         "ragline": __version__,
         "dataset": str(dataset.root.resolve()),
         "corpus_bytes": st.st_size,

@@ -260,6 +260,8 @@ class Ingestor:
                     "n_tokens": ch.n_tokens,
                 }
             )
+            if ch.context:  # the chunk within its section's text: what answers are built from
+                payload["window"] = ch.context
             ch.metadata = payload
         record = DocRecord(
             doc_id=doc.doc_id,
@@ -290,7 +292,7 @@ class Ingestor:
         col = self._col
         with col.write_lock:
             for key, value in {k: v for c in chunks for k, v in c.metadata.items()}.items():
-                if key not in ("text", "version", "content_hash", "title", "section", "n_tokens"):
+                if key not in ("text", "window", "version", "content_hash", "title", "section", "n_tokens"):
                     col.index.ensure_payload_index(key, value)
             col.registry.begin(changes)
             batch = self._settings.ingest.upsert_batch
