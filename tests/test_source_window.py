@@ -9,10 +9,9 @@ from pathlib import Path
 
 from fixtures import VOCAB, write_text
 from ragline import Engine
-from ragline.answer.answerer import Answerer
-from ragline.answer.prompt import select_sources
-from ragline.config import AnswerSettings, LLMSettings
+from ragline.answer.prompt import source_sentences
 from ragline.embed.onnx import OnnxEmbedder
+from ragline.types import Hit
 
 
 def _words(n: int) -> list[str]:
@@ -88,23 +87,25 @@ def test_extractive_answer_quotes_and_cites_the_windows(
     for answer in (wide, narrow):
         for c in answer.citations:
             assert c.snippet == answer.sources[c.number - 1].text[:240]
+        quoted = []
         for part in answer.text.split("] "):
             sentence, _, number = part.rstrip("]").rpartition(" [")
             assert sentence.strip() in answer.sources[int(number) - 1].text
+            quoted.append(sentence.strip())
+        # overlapping windows hold the same sentences: none is quoted twice
+        assert len(quoted) == len(set(quoted))
+        assert len(quoted) == 3 or answer is narrow  # the windows hold more than two chunks
 
 
-def test_windows_count_against_the_context_budget(
-    tmp_path: Path, make_engine: Callable[..., Engine], embedder: OnnxEmbedder
-) -> None:
-    doc = write_text(tmp_path / "doc.txt", " ".join(_words(800)))
-    eng = _engine(make_engine, tmp_path, 64)
-    eng.ingest([doc])
-    hits = eng.search("river", top_k=6, mode="dense")
-    settings = AnswerSettings(source_window=True)
-    shown = Answerer(embedder, settings, LLMSettings()).shown(hits)
-    budget = sum(int(h.payload["n_tokens"]) for h in hits[:4])  # four chunks fit, not four windows
-    assert len(select_sources(hits, budget)) == 4
-    assert len(select_sources(shown, budget)) < 4
-    assert [h.chunk_id for h in shown] == [h.chunk_id for h in hits]
-    narrow = Answerer(embedder, AnswerSettings(source_window=False), LLMSettings()).shown(hits)
-    assert [h.text for h in narrow] == [h.text for h in hits]
+def test_a_sentence_shared_by_overlapping_sources_is_taken_once() -> None:
+    a = "The river rises in the mountains. It flows west to the sea. Boats carry grain."
+    b = "It flows west to the sea. Boats carry grain. The delta is wide and flat."
+    c = "The river rises in the mountains. It flows west to"  # a window cut mid-sentence
+    hits = [Hit(f"c{i}", 1.0, t, {}) for i, t in enumerate((a, b, c))]
+    assert [(i, s) for i, _, s in source_sentences(hits)] == [
+        (0, "The river rises in the mountains."),
+        (0, "It flows west to the sea."),
+        (1, "The delta is wide and flat."),
+    ]
+    # sentences under the minimum length are not candidates at all
+    assert [s for _, _, s in source_sentences(hits, min_words=3)][2] == "Boats carry grain."

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from ragline.answer import citations as cit
 from ragline.answer.llm import LLM, TokenCallback
-from ragline.answer.prompt import NOT_FOUND, build_messages, excerpts, select_sources
+from ragline.answer.prompt import NOT_FOUND, build_messages, excerpts, select_sources, source_sentences
 from ragline.config import AnswerSettings, LLMSettings
 from ragline.embed.base import Embedder
 from ragline.types import Answer, AnswerMode, Citation, Hit, Usage
@@ -48,11 +48,7 @@ class Answerer:
     ) -> Answer:
         t0 = time.perf_counter()
         hits = self.shown(hits)
-        candidates: list[tuple[int, str]] = []
-        for n, h in enumerate(hits, start=1):
-            for s in cit.split_sentences(h.text):
-                if len(s.split()) >= 4:
-                    candidates.append((n, s))
+        candidates = [(i + 1, s) for i, _, s in source_sentences(hits)]
         if not candidates:
             return self.not_found(hits, usage, "extractive")
         vecs = self._embedder.embed_documents([s for _, s in candidates])

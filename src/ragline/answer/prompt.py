@@ -56,6 +56,25 @@ def source_label(hit: Hit) -> str:
     return " — ".join(parts)
 
 
+def source_sentences(sources: Sequence[Hit], min_words: int = 4) -> list[tuple[int, int, str]]:
+    """(source index, sentence index, sentence) for each sentence of at least ``min_words`` words,
+    sources in rank order. A sentence already taken from a better source (or contained in one
+    taken) is skipped: neighbouring chunks overlap, and their windows more so, and an answer that
+    quotes or a prompt that shows the same sentence twice wastes its room."""
+    out: list[tuple[int, int, str]] = []
+    seen: set[str] = set()
+    for i, h in enumerate(sources):
+        for j, s in enumerate(split_sentences(flow(h.text))):
+            if len(s.split()) < min_words:
+                continue
+            key = " ".join(s.split())
+            if key in seen or any(key in other for other in seen):
+                continue
+            seen.add(key)
+            out.append((i, j, s))
+    return out
+
+
 def excerpts(
     query_vector: npt.NDArray[np.float32], sources: Sequence[Hit], embedder: Embedder, sentences: int
 ) -> list[str]:
@@ -63,11 +82,7 @@ def excerpts(
     document order ("" for a source with none of them). A sentence much less similar than the
     best one (below ``EXCERPT_MIN_RATIO`` of its similarity) is left out: it is more often noise
     the model copies than context it needs."""
-    candidates: list[tuple[int, int, str]] = []
-    for i, h in enumerate(sources):
-        for j, s in enumerate(split_sentences(flow(h.text))):
-            if len(s.split()) >= 4:
-                candidates.append((i, j, s))
+    candidates = source_sentences(sources)
     if not candidates:
         return [flow(h.text) for h in sources]
     sims = embedder.embed_documents([s for _, _, s in candidates]) @ query_vector
