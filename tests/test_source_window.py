@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fixtures import VOCAB, write_text
 from ragline import Engine
 from ragline.answer.prompt import source_sentences
 from ragline.embed.onnx import OnnxEmbedder
+from ragline.ingest import pipeline
 from ragline.types import Hit
 
 
@@ -109,3 +112,25 @@ def test_a_sentence_shared_by_overlapping_sources_is_taken_once() -> None:
     ]
     # sentences under the minimum length are not candidates at all
     assert [s for _, _, s in source_sentences(hits, min_words=3)][2] == "Boats carry grain."
+
+
+def test_reingest_after_a_payload_change_rewrites_unchanged_documents(
+    tmp_path: Path, make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document ingested before chunks carried their window gets it on the next ingest, though
+    its text did not change (the payload version is part of every document's version)."""
+    doc = write_text(tmp_path / "doc.txt", " ".join(_words(300)))
+    eng = _engine(make_engine, tmp_path, 32)
+    first = eng.ingest([doc])
+    eng.close()
+    assert first.added == 1
+    eng = _engine(make_engine, tmp_path, 32)
+    again = eng.ingest([doc])
+    eng.close()
+    assert again.unchanged == 1 and again.updated == 0
+    monkeypatch.setattr(pipeline, "PAYLOAD_VERSION", pipeline.PAYLOAD_VERSION + 1)
+    eng = _engine(make_engine, tmp_path, 32)
+    upgraded = eng.ingest([doc])
+    assert upgraded.updated == 1 and upgraded.unchanged == 0
+    hits = eng.search("river", top_k=100, mode="dense")
+    assert len(hits) == first.chunks  # the old version's chunks are gone, not doubled

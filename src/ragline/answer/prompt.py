@@ -56,11 +56,13 @@ def source_label(hit: Hit) -> str:
     return " — ".join(parts)
 
 
-def source_sentences(sources: Sequence[Hit], min_words: int = 4) -> list[tuple[int, int, str]]:
+def source_sentences(
+    sources: Sequence[Hit], min_words: int = 4, *, once: bool = True
+) -> list[tuple[int, int, str]]:
     """(source index, sentence index, sentence) for each sentence of at least ``min_words`` words,
-    sources in rank order. A sentence already taken from a better source (or contained in one
-    taken) is skipped: neighbouring chunks overlap, and their windows more so, and an answer that
-    quotes or a prompt that shows the same sentence twice wastes its room."""
+    sources in rank order. With ``once``, a sentence already taken from a better source (or
+    contained in one taken) is skipped: neighbouring chunks overlap, and their windows more so,
+    and an extractive answer must not quote the same sentence twice."""
     out: list[tuple[int, int, str]] = []
     seen: set[str] = set()
     for i, h in enumerate(sources):
@@ -68,7 +70,7 @@ def source_sentences(sources: Sequence[Hit], min_words: int = 4) -> list[tuple[i
             if len(s.split()) < min_words:
                 continue
             key = " ".join(s.split())
-            if key in seen or any(key in other for other in seen):
+            if once and (key in seen or any(key in other for other in seen)):
                 continue
             seen.add(key)
             out.append((i, j, s))
@@ -82,7 +84,10 @@ def excerpts(
     document order ("" for a source with none of them). A sentence much less similar than the
     best one (below ``EXCERPT_MIN_RATIO`` of its similarity) is left out: it is more often noise
     the model copies than context it needs."""
-    candidates = source_sentences(sources)
+    # Every copy of a sentence stays a candidate: the small model copies a sentence it sees under
+    # two sources more faithfully (taking each once lowered XQuAD "contains" 0.46 -> 0.38 and
+    # COVID-QA 0.22 -> 0.12, docs/BENCHMARKS.md "RAG answers").
+    candidates = source_sentences(sources, once=False)
     if not candidates:
         return [flow(h.text) for h in sources]
     sims = embedder.embed_documents([s for _, _, s in candidates]) @ query_vector

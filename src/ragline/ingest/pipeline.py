@@ -39,6 +39,11 @@ class Progress:
     elapsed: float
 
 
+#: Bumped when what is stored with each chunk changes (2: the answer window): part of every
+#: document's version, so the next ingest rewrites documents stored the old way.
+PAYLOAD_VERSION = 2
+
+
 ProgressCallback = Callable[[Progress], None]
 
 
@@ -91,7 +96,12 @@ class Ingestor:
         self._chunker = Chunker.from_settings(embedder, c)
         self._fingerprint = hashlib.sha256(
             json.dumps(
-                {"chunking": c.model_dump(), "embedder": embedder.name, "cap": self._chunker.capacity},
+                {
+                    "chunking": c.model_dump(),
+                    "embedder": embedder.name,
+                    "cap": self._chunker.capacity,
+                    "payload": PAYLOAD_VERSION,
+                },
                 sort_keys=True,
             ).encode()
         ).hexdigest()
