@@ -40,7 +40,7 @@ from ragline.engine import Engine
 from ragline.eval.beir import BeirDataset, load_beir
 from ragline.eval.metrics import DEFAULT_METRICS, evaluate
 from ragline.ingest.chunking import CHUNKER_VERSION, content_hash
-from ragline.ingest.pipeline import ProgressCallback
+from ragline.ingest.pipeline import PAYLOAD_VERSION, ProgressCallback
 from ragline.retrieval.retriever import Retriever
 from ragline.types import Hit, ParsedDocument, SearchMode
 
@@ -181,7 +181,8 @@ def index_key(dataset: BeirDataset, settings: Settings, embedder_name: str) -> s
     e = settings.embedder
     r = settings.retrieval
     ident = {
-        "format": 2,  # 2: chunk payloads carry their window (answer.source_window)
+        "format": 1,
+        "payload_version": PAYLOAD_VERSION,
         "ragline": __version__,
         "dataset": str(dataset.root.resolve()),
         "corpus_bytes": st.st_size,
