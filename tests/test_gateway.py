@@ -224,11 +224,11 @@ def test_sse_decoder() -> None:
                         "name": "a",
                         "base_url": "http://h/v1",
                         "model": "m",
-                        "api_key_env": "RAGLINE_TEST_UNSET_KEY",
+                        "api_key_env": "RL_TEST_UNSET_KEY",
                     }
                 ]
             },
-            "environment variable RAGLINE_TEST_UNSET_KEY (api_key_env) is not set",
+            "environment variable RL_TEST_UNSET_KEY (api_key_env) is not set",
         ),
         ({"deployments": [{"name": "a", "kind": "local"}, {"name": "a", "kind": "local"}]}, "repeated: a"),
     ],
@@ -240,12 +240,12 @@ def test_settings_say_what_to_fix(tmp_path: Path, gateway: dict[str, Any], fix: 
 
 
 def test_api_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAGLINE_TEST_KEY", "sk-test")
+    monkeypatch.setenv("RL_TEST_GATEWAY_KEY", "sk-test")
     s = load_settings(
         data_dir=tmp_path,
         gateway={
             "deployments": [
-                {"name": "a", "base_url": "http://h/v1", "model": "m", "api_key_env": "RAGLINE_TEST_KEY"}
+                {"name": "a", "base_url": "http://h/v1", "model": "m", "api_key_env": "RL_TEST_GATEWAY_KEY"}
             ]
         },
     )

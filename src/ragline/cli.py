@@ -24,6 +24,8 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="ragline: cited answers from your documents."
 )
 app.add_typer(eval_app, name="eval")
+config_app = typer.Typer(no_args_is_help=True, help="Settings: the example file and the effective settings.")
+app.add_typer(config_app, name="config")
 console = Console()
 err = Console(stderr=True)
 
@@ -284,14 +286,43 @@ def serve(
     )
 
 
+@config_app.command("example")
+def config_example(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write to this file instead of stdout")
+    ] = None,
+) -> None:
+    """Print every setting with its default and description (the source of ragline.example.yaml)."""
+    from ragline.config_render import example_yaml
+
+    text = example_yaml()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
+) -> None:
+    """Print the effective settings (file + environment + defaults), secrets masked."""
+    from ragline.config_render import effective_settings, effective_yaml
+
+    settings = load_settings(config)
+    if as_json:
+        sys.stdout.write(json.dumps(effective_settings(settings), indent=2) + "\n")
+    else:
+        sys.stdout.write(effective_yaml(settings))
+
+
 def main() -> None:
     try:
         app()
-    except RaglineError as e:
-        err.print(f"[red]error:[/red] {e}")
-        sys.exit(1)
-    except ValueError as e:
-        err.print(f"[red]error:[/red] {e}")
+    except (RaglineError, ValueError) as e:
+        # soft_wrap: the message keeps its own lines, never folded at the terminal's width
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

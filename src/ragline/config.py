@@ -6,9 +6,11 @@ e.g. ``RAGLINE_CHUNKING__CHUNK_TOKENS=200``.
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -26,60 +28,71 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ragline.errors import ConfigError
 
 
+class _Section(BaseModel):
+    """A settings section: unknown keys are errors, and each field's docstring is its description."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "ragline"
 
 
-class EmbedderSettings(BaseModel):
+class EmbedderSettings(_Section):
     kind: Literal["minilm", "onnx_dir"] = "minilm"
-    #: For kind=onnx_dir: a directory holding model.onnx (or *.onnx) and tokenizer.json.
     path: Path | None = None
+    """For kind=onnx_dir: a directory holding model.onnx (or *.onnx) and tokenizer.json."""
     max_tokens: int = Field(
         256, ge=16, le=8192, description="word pieces the model reads, incl. special tokens"
     )
     batch_size: int = Field(32, ge=1, le=1024)
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
     normalize: bool = True
-    #: Text placed before queries / passages (e5/bge-style models need one).
     query_prefix: str = ""
+    """Text placed before queries / passages (e5/bge-style models need one)."""
     passage_prefix: str = ""
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(_Section):
     kind: Literal["smollm2", "gguf"] = "smollm2"
-    #: For kind=gguf: a path to any GGUF file.
     path: Path | None = None
+    """For kind=gguf: a path to any GGUF file."""
     n_ctx: int = Field(4096, ge=256)
     n_parallel: int = Field(4, ge=1, le=64, description="llama.cpp slots (continuous batching)")
     threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = half the cores (at least 1)")
-    #: Threads for prompt prefill: large batches, where every core pays off (on 2 cores, time to
-    #: first token 0.85 s with 2 vs 1.37 s with 1; bench/rag_answers.py --threads-batch); 0 = all cores.
     threads_batch: int = Field(0, ge=0)
-    #: Default completion budget of chat requests that do not set max_tokens.
+    """Threads for prompt prefill: large batches, where every core pays off (on 2 cores, time to
+    first token 0.85 s with 2 vs 1.37 s with 1; bench/rag_answers.py --threads-batch); 0 = all cores.
+    """
     max_tokens: int = Field(256, ge=1)
+    """Default completion budget of chat requests that do not set max_tokens."""
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int = 42
-    #: llama.cpp's DRY sampler: penalises repeating a sequence the output already holds (small
-    #: models loop); the default for requests that do not set it. 0 = off.
     dry_multiplier: float = Field(0.8, ge=0.0, le=5.0)
+    """llama.cpp's DRY sampler: penalises repeating a sequence the output already holds (small
+    models loop); the default for requests that do not set it. 0 = off.
+    """
 
 
-class ChunkingSettings(BaseModel):
-    #: Content tokens per chunk (word pieces of the embedding model). Clamped so the
-    #: chunk plus its title/section header never exceeds what the embedder reads. 128 with a
-    #: 48-token lexical context measured best over five judged sets (docs/BENCHMARKS.md).
+class ChunkingSettings(_Section):
     chunk_tokens: int = Field(128, ge=16)
+    """Content tokens per chunk (word pieces of the embedding model). Clamped so the
+    chunk plus its title/section header never exceeds what the embedder reads. 128 with a
+    48-token lexical context measured best over five judged sets (docs/BENCHMARKS.md).
+    """
     overlap_tokens: int = Field(32, ge=0)
-    #: Reserve at most this many tokens of the budget for the title/section header.
     max_header_tokens: int = Field(48, ge=0)
-    #: BM25 indexes each chunk widened by this many tokens of its section on each side (the
-    #: dense vector still covers the chunk alone): small chunks suit the embedder, wider text
-    #: suits BM25's term statistics. 0 = BM25 sees exactly the chunk.
+    """Reserve at most this many tokens of the budget for the title/section header."""
     lexical_context_tokens: int = Field(48, ge=0, le=4096)
-    #: How many times the document title counts in what BM25 indexes for each chunk (1 = once,
-    #: in the header; 2 = twice: a title match weighs more than a match in the body).
+    """BM25 indexes each chunk widened by this many tokens of its section on each side (the
+    dense vector still covers the chunk alone): small chunks suit the embedder, wider text
+    suits BM25's term statistics. 0 = BM25 sees exactly the chunk.
+    """
     lexical_title_weight: int = Field(1, ge=1, le=8)
+    """How many times the document title counts in what BM25 indexes for each chunk (1 = once,
+    in the header; 2 = twice: a title match weighs more than a match in the body).
+    """
 
     @field_validator("overlap_tokens")
     @classmethod
@@ -90,93 +103,134 @@ class ChunkingSettings(BaseModel):
         return v
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     max_file_bytes: int = Field(50 * 1024 * 1024, ge=1)
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0, description="MinHash Jaccard threshold")
     near_duplicate_detection: bool = True
     minhash_permutations: int = Field(128, ge=16, le=1024)
     upsert_batch: int = Field(256, ge=1)
+    max_unpacked_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="a DOCX's uncompressed size (the sum of its zip members, checked before any is read) "
+        "and the text a PDF yields; a file over it is failed, never loaded whole",
+    )
+    max_archive_members: int = Field(10_000, ge=1, description="zip members a DOCX may hold")
+    max_xml_elements: int = Field(
+        1_000_000, ge=1, description="XML elements in a DOCX's parts, and HTML elements in a page"
+    )
+    max_pdf_pages: int = Field(
+        2000, ge=1, description="pages of a PDF (a page object listed twice in the page tree counts once)"
+    )
+    max_chunks_per_document: int = Field(10_000, ge=1, description="chunks one document may become")
+    on_limit: Literal["fail", "truncate"] = Field(
+        "fail",
+        description="a document over max_pdf_pages or max_chunks_per_document: 'fail' reports it as failed "
+        "with the reason; 'truncate' keeps the first pages/chunks and reports a warning. Archives over "
+        "max_unpacked_bytes, max_archive_members or max_xml_elements always fail",
+    )
 
 
-class RetrievalSettings(BaseModel):
+class CollectionSettings(_Section):
+    max_open: int = Field(
+        64,
+        ge=1,
+        description="collections held open at once; the least recently used idle one is closed past it "
+        "(lowered further when the file descriptor limit is low)",
+    )
+    max_count: int = Field(1000, ge=1, description="collections in the data directory; creating more is refused")
+    search_threads: int = Field(
+        2, ge=1, le=64, description="threads of each open collection's search pool (the Qdrant engine's)"
+    )
+
+
+class RetrievalSettings(_Section):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     top_k: int = Field(5, ge=1, le=1000)
-    #: Defaults: the configuration with the best mean nDCG@10 over five judged sets (SciFact,
-    #: NFCorpus, Cranfield, XQuAD, COVID-QA) that also beats the better single retriever on each;
-    #: see docs/BENCHMARKS.md "Retrieval quality".
     fusion: Literal["rrf", "convex"] = "convex"
-    #: The k of RRF (the best k measured for fusion=rrf).
+    """Defaults: the configuration with the best mean nDCG@10 over five judged sets (SciFact,
+    NFCorpus, Cranfield, XQuAD, COVID-QA) that also beats the better single retriever on each;
+    see docs/BENCHMARKS.md "Retrieval quality".
+    """
     rrf_k: int = Field(10, ge=1)
-    #: Weight of the dense retriever in convex fusion (BM25 gets 1 - alpha).
+    """The k of RRF (the best k measured for fusion=rrf)."""
     convex_alpha: float = Field(0.5, ge=0.0, le=1.0)
-    #: How convex fusion puts each list's scores on one scale: "minmax" ([min, max] -> [0, 1]) or
-    #: "dbsf" ([mean - 3 sd, mean + 3 sd] -> [0, 1], distribution-based score fusion).
+    """Weight of the dense retriever in convex fusion (BM25 gets 1 - alpha)."""
     normalization: Literal["minmax", "dbsf"] = "minmax"
-    #: Candidates each retriever contributes before fusion.
+    """How convex fusion puts each list's scores on one scale: "minmax" ([min, max] -> [0, 1]) or
+    "dbsf" ([mean - 3 sd, mean + 3 sd] -> [0, 1], distribution-based score fusion).
+    """
     candidates: int = Field(100, ge=1, le=10000)
+    """Candidates each retriever contributes before fusion."""
     hnsw_ef: int = Field(128, ge=4)
-    #: Dense pseudo-relevance feedback in hybrid mode: the top ``prf_docs`` documents of the
-    #: first fused ranking move the query vector (q + prf_beta * their mean); 0 = off.
     prf_docs: int = Field(3, ge=0, le=20)
+    """Dense pseudo-relevance feedback in hybrid mode: the top ``prf_docs`` documents of the
+    first fused ranking move the query vector (q + prf_beta * their mean); 0 = off.
+    """
     prf_beta: float = Field(1.0, ge=0.0, le=10.0)
-    #: How the expanded query is used: "rescore" the first-stage candidates (dense and BM25) by
-    #: their stored vectors (no second index search), or "search" the dense index again (may
-    #: find chunks neither first list held; costs a second HNSW search).
     prf_mode: Literal["rescore", "search"] = "rescore"
-    #: BM25 parameters (the engine's built-in BM25, Snowball English stemmer).
+    """How the expanded query is used: "rescore" the first-stage candidates (dense and BM25) by
+    their stored vectors (no second index search), or "search" the dense index again (may
+    find chunks neither first list held; costs a second HNSW search).
+    """
     bm25_k: float = Field(1.2, ge=0.0)
+    """BM25 parameters (the engine's built-in BM25, Snowball English stemmer)."""
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
     bm25_avg_len: float = Field(
         120.0, gt=0.0, description="expected tokens per chunk after stop-word removal"
     )
 
 
-class RerankSettings(BaseModel):
+class RerankSettings(_Section):
     """Optional second stage: rerank the fused ``candidates`` down to top_k."""
 
     kind: Literal["none", "onnx", "remote"] = "none"
-    #: kind=onnx: a directory with a cross-encoder model.onnx and its tokenizer.json.
     path: Path | None = None
+    """kind=onnx: a directory with a cross-encoder model.onnx and its tokenizer.json."""
     max_tokens: int = Field(512, ge=16)
-    #: kind=remote: the rerank endpoint (Cohere/Jina/TEI-style), e.g. http://host:8080/rerank.
     url: str | None = None
+    """kind=remote: the rerank endpoint (Cohere/Jina/TEI-style), e.g. http://host:8080/rerank."""
     model: str = ""
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(10.0, gt=0)
-    #: How many first-stage hits are reranked (then cut to top_k).
     candidates: int = Field(50, ge=1, le=1000)
+    """How many first-stage hits are reranked (then cut to top_k)."""
 
 
-class AnswerSettings(BaseModel):
+class AnswerSettings(_Section):
     mode: Literal["generate", "extractive"] = "generate"
     top_k: int = Field(3, ge=1, le=50)
     context_tokens: int = Field(900, ge=64, description="token budget for the numbered sources")
-    #: Cosine similarity (query vs. best chunk) below which nothing is relevant enough. MiniLM
-    #: gives on-topic questions about ragline's docs >= 0.30 and off-topic ones <= 0.24.
     min_relevance: float = Field(0.27, ge=-1.0, le=1.0)
+    """Cosine similarity (query vs. best chunk) below which nothing is relevant enough. MiniLM
+    gives on-topic questions about ragline's docs >= 0.30 and off-topic ones <= 0.24.
+    """
     extractive_sentences: int = Field(3, ge=1, le=20)
-    #: Generate mode shows the model only the sources' sentences most similar to the question,
-    #: this many in all (a small model copies what it sees); 0 = the whole chunks.
     context_sentences: int = Field(4, ge=0, le=50)
-    #: New tokens a generated answer may take. The prompt asks for one or two sentences (mean
-    #: 44 tokens on XQuAD); the cap cuts the small model's occasional run-on, which sets the P95
-    #: latency (96: P95 2.3 s, same F1 and citation precision as 256).
+    """Generate mode shows the model only the sources' sentences most similar to the question,
+    this many in all (a small model copies what it sees); 0 = the whole chunks.
+    """
     max_tokens: int = Field(96, ge=1, le=4096)
-    #: Build answers from each source's window (the chunk plus ``chunking.lexical_context_tokens``
-    #: of its section on either side, stored at ingestion) instead of the chunk alone: search
-    #: ranks small chunks, the model reads, and citations point at, the wider text.
+    """New tokens a generated answer may take. The prompt asks for one or two sentences (mean
+    44 tokens on XQuAD); the cap cuts the small model's occasional run-on, which sets the P95
+    latency (96: P95 2.3 s, same F1 and citation precision as 256).
+    """
     source_window: bool = True
+    """Build answers from each source's window (the chunk plus ``chunking.lexical_context_tokens``
+    of its section on either side, stored at ingestion) instead of the chunk alone: search
+    ranks small chunks, the model reads, and citations point at, the wider text.
+    """
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    #: The name clients use for the embedded local LLM.
     local_model: str = Field("local", min_length=1)
+    """The name clients use for the embedded local LLM."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    #: Dynamic batching of /v1/embeddings: texts per model call, and how long the oldest waits for more.
     embedding_batch_max_size: int = Field(64, ge=1, le=4096)
+    """Dynamic batching of /v1/embeddings: texts per model call, and how long the oldest waits for more."""
     embedding_batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
 
 
@@ -185,35 +239,33 @@ class ServerSettings(BaseModel):
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$"
 
 
-class GatewayTimeouts(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GatewayTimeouts(_Section):
     connect_s: float = Field(5.0, gt=0.0, description="TCP/TLS connect to the upstream")
     first_token_s: float = Field(60.0, gt=0.0, description="request sent -> first streamed chunk")
     total_s: float = Field(600.0, gt=0.0, description="whole upstream call")
 
 
-class GatewayDeploymentSettings(BaseModel):
+class GatewayDeploymentSettings(_Section):
     """One place a model runs: the embedded local model, or an OpenAI-compatible server."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME_PATTERN, description="unique; used in metrics and logs")
     kind: Literal["local", "openai"] = "openai"
-    #: For kind=openai: the API root, e.g. http://10.0.0.5:8000/v1
-    #: (requests go to {base_url}/chat/completions, probes to {base_url}/models).
     base_url: str | None = None
+    """For kind=openai: the API root, e.g. http://10.0.0.5:8000/v1
+    (requests go to {base_url}/chat/completions, probes to {base_url}/models).
+    """
     api_key: SecretStr | None = None
-    #: Name of an environment variable holding the API key (read at start-up).
     api_key_env: str | None = None
-    #: The upstream's model id (the request's `model` is rewritten to it); for kind=local the
-    #: name the answers carry (default "local").
+    """Name of an environment variable holding the API key (read at start-up)."""
     model: str | None = None
+    """The upstream's model id (the request's `model` is rewritten to it); for kind=local the
+    name the answers carry (default "local").
+    """
     weight: float = Field(1.0, gt=0.0, description="share of traffic under strategy=weighted")
     timeouts: GatewayTimeouts = GatewayTimeouts()
     max_connections: int = Field(100, ge=1, le=10000, description="pooled connections to this upstream")
-    #: Take part in active health probes (GET {base_url}/models).
     health_check: bool = True
+    """Take part in active health probes (GET {base_url}/models)."""
 
     @model_validator(mode="after")
     def _check_kind(self) -> GatewayDeploymentSettings:
@@ -247,40 +299,37 @@ class GatewayDeploymentSettings(BaseModel):
         return self
 
 
-class GatewayModelSettings(BaseModel):
+class GatewayModelSettings(_Section):
     """A model name clients send, served by a group of deployments."""
-
-    model_config = ConfigDict(extra="forbid")
 
     deployments: list[str] = Field(min_length=1)
     strategy: Literal["round_robin", "least_in_flight", "weighted", "lowest_latency"] = "round_robin"
-    #: Model names tried in order when every deployment of this one is down, open or failed.
     fallbacks: list[str] = []
+    """Model names tried in order when every deployment of this one is down, open or failed."""
 
 
-class GatewayRuleSettings(BaseModel):
+class GatewayRuleSettings(_Section):
     """Route a request to a model group by task type, prompt size or cost tier (first match wins).
 
     Conditions given together must all hold; a rule with no condition matches everything
     (use it last, as the default of a virtual model such as ``auto``).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    #: The requested model name the rule applies to; unset = every gateway model. A name that
-    #: is not under `models` becomes a virtual model (listed by /v1/models).
     model: str | None = None
-    #: Values of the `x-ragline-task` request header.
+    """The requested model name the rule applies to; unset = every gateway model. A name that
+    is not under `models` becomes a virtual model (listed by /v1/models).
+    """
     task: list[str] | None = None
-    #: Values of the `x-ragline-tier` request header.
+    """Values of the `x-ragline-task` request header."""
     tier: list[str] | None = None
+    """Values of the `x-ragline-tier` request header."""
     min_chars: int | None = Field(None, ge=0)
     max_chars: int | None = Field(None, ge=0)
-    #: Prompt tokens, estimated as characters / 4.
     min_tokens: int | None = Field(None, ge=0)
+    """Prompt tokens, estimated as characters / 4."""
     max_tokens: int | None = Field(None, ge=0)
-    #: The model group (a name under `models`) to send matching requests to.
     group: str
+    """The model group (a name under `models`) to send matching requests to."""
 
     def is_default(self) -> bool:
         return all(
@@ -289,20 +338,16 @@ class GatewayRuleSettings(BaseModel):
         )
 
 
-class GatewayRetrySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    #: Attempts per model group, the first included (connect errors, 429 and 5xx are retried).
+class GatewayRetrySettings(_Section):
     max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts per model group, the first included (connect errors, 429 and 5xx are retried)."""
     backoff_base_s: float = Field(0.1, ge=0.0, description="full jitter: sleep U(0, min(max, base*2^n))")
     backoff_max_s: float = Field(5.0, ge=0.0)
-    #: A Retry-After longer than this is not waited for (the deployment is skipped instead).
     max_retry_after_s: float = Field(30.0, ge=0.0)
+    """A Retry-After longer than this is not waited for (the deployment is skipped instead)."""
 
 
-class GatewayBreakerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GatewayBreakerSettings(_Section):
     consecutive_failures: int = Field(5, ge=1, description="open after this many failures in a row")
     failure_rate: float = Field(0.5, gt=0.0, le=1.0, description="or this share of the window failing")
     window: int = Field(20, ge=1, description="outcomes remembered for failure_rate")
@@ -310,21 +355,17 @@ class GatewayBreakerSettings(BaseModel):
     cooldown_s: float = Field(30.0, gt=0.0, description="open -> half-open (one probe request) after this")
 
 
-class GatewayHealthSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GatewayHealthSettings(_Section):
     interval_s: float = Field(10.0, ge=0.0, description="active probe period; 0 disables active probes")
     timeout_s: float = Field(2.0, gt=0.0)
     unhealthy_after: int = Field(2, ge=1, description="failed probes in a row that take it out of rotation")
     healthy_after: int = Field(1, ge=1, description="good probes in a row that bring it back")
-    #: Connect failures in a row on real traffic that take a probed deployment out until a probe succeeds.
     passive_failures: int = Field(3, ge=1)
+    """Connect failures in a row on real traffic that take a probed deployment out until a probe succeeds."""
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(_Section):
     """The LLM gateway: deployments, the model names that route to them, and resilience knobs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     deployments: list[GatewayDeploymentSettings] = []
     models: dict[str, GatewayModelSettings] = {}
@@ -332,9 +373,10 @@ class GatewaySettings(BaseModel):
     retry: GatewayRetrySettings = GatewayRetrySettings()
     breaker: GatewayBreakerSettings = GatewayBreakerSettings()
     health: GatewayHealthSettings = GatewayHealthSettings()
-    #: Per-request deadline over every attempt and fallback (a request may lower it with the
-    #: `x-ragline-timeout` header, in seconds).
     deadline_s: float = Field(120.0, gt=0.0)
+    """Per-request deadline over every attempt and fallback (a request may lower it with the
+    `x-ragline-timeout` header, in seconds).
+    """
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewaySettings:
@@ -378,7 +420,9 @@ class GatewaySettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAGLINE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGLINE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
+    )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     default_collection: str = "default"
@@ -386,6 +430,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     ingest: IngestSettings = IngestSettings()
+    collections: CollectionSettings = CollectionSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
@@ -405,10 +450,81 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+#: RAGLINE_* environment variables that are not settings (read by ragline itself or its tests).
+NON_SETTING_ENV = frozenset({"RAGLINE_CONFIG", "RAGLINE_SHARED_DATA"})
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds, directly or as list/dict items (None for a plain value)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The settings model that the keys at ``loc`` belong to (``()`` is the top level)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # a list index or a dict key (e.g. a model name under gateway.models)
+        inner = _section_type(model.model_fields[part].annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key.lower(), list(valid), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _env_setting_names(model: type[BaseModel] = Settings, prefix: str = "RAGLINE_") -> dict[str, None]:
+    names: dict[str, None] = {}
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        names[env] = None
+        inner = field.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            names.update(_env_setting_names(inner, env + "__"))
+    return names
+
+
+def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per RAGLINE_* variable that names no setting, with the closest valid name."""
+    env = os.environ if environ is None else environ
+    valid = list(_env_setting_names())
+    problems = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("RAGLINE_") or upper in NON_SETTING_ENV or upper in valid:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"  environment variable {name}: no such setting{hint}")
+    return problems
+
+
+def _describe(err: Any) -> str:
+    loc: tuple[str | int, ...] = tuple(err["loc"])
+    where = ".".join(str(x) for x in loc)
+    if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        model = _model_at(loc[:-1])
+        if model is not None:
+            return f"  {where}: unknown setting{_suggest(loc[-1], list(model.model_fields))}"
+    return f"  {where}: {err['msg']}"
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from an optional YAML file, the environment and overrides.
 
-    Raises ConfigError with one line per problem, naming the field to fix.
+    Raises ConfigError with one line per problem, naming the field to fix; an unknown or
+    misspelt key (in the file, the overrides or a ``RAGLINE_*`` variable) names the closest
+    valid one.
     """
     data: dict[str, Any] = {}
     if path is None and os.environ.get("RAGLINE_CONFIG"):
@@ -425,11 +541,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    problems = unknown_env_settings()
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from e
+        problems.extend(_describe(err) for err in e.errors())
+    if problems:
+        raise ConfigError("invalid settings:\n" + "\n".join(dict.fromkeys(problems)))
+    return settings

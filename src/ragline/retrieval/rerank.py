@@ -19,9 +19,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
@@ -29,7 +28,11 @@ from tokenizers import Tokenizer
 from ragline.config import RerankSettings
 from ragline.embed.factory import onnx_dir_paths
 from ragline.errors import ModelLoadError, RaglineError
+from ragline.optional import require
 from ragline.types import Hit
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class RerankError(RaglineError):
@@ -104,8 +107,10 @@ class RemoteReranker:
     def __init__(
         self, url: str, *, model: str = "", api_key: str | None = None, timeout_s: float = 10.0
     ) -> None:
+        http = require("httpx", extra="rerank", feature="rerank.kind=remote")
+        self._http_error: type[Exception] = http.HTTPError
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self._client: httpx.Client = http.Client(timeout=timeout_s, headers=headers)
         self._url = url
         self._model = model
 
@@ -117,7 +122,7 @@ class RemoteReranker:
             body["model"] = self._model
         try:
             resp = self._client.post(self._url, json=body)
-        except httpx.HTTPError as e:
+        except self._http_error as e:
             raise RerankError(f"rerank API {self._url} unreachable: {e}") from e
         if resp.status_code != 200:
             raise RerankError(f"rerank API {self._url} answered {resp.status_code}: {resp.text[:200]}")
@@ -145,5 +150,6 @@ def build_reranker(cfg: RerankSettings) -> Reranker:
         return OnnxCrossEncoder(cfg.path, max_tokens=cfg.max_tokens)
     if not cfg.url:
         raise ModelLoadError("rerank.kind=remote needs rerank.url")
-    key = cfg.api_key or (os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
+    key = cfg.api_key.get_secret_value() if cfg.api_key else None
+    key = key or (os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
     return RemoteReranker(cfg.url, model=cfg.model, api_key=key, timeout_s=cfg.timeout_s)
