@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -335,33 +337,66 @@ def test_bad_files_fail_one_by_one_and_the_rest_is_ingested(
 
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-ROOT_REASON = "running as root: chmod 000 does not stop root from reading"
 
 
-@pytest.mark.skipif(AS_ROOT, reason=ROOT_REASON)
+def _ingest_reading_as_a_user(
+    paths: list[Path], data_dir: Path, make_engine: Callable[..., Engine]
+) -> dict[str, Any]:
+    """Ingest ``paths`` with file permissions enforced, and return the report as a dict.
+
+    Root reads a chmod-000 file anyway (CAP_DAC_OVERRIDE), so under root the ingestion runs in a
+    subprocess whose capability bounding set lacks the two capabilities that bypass permission
+    checks (util-linux's setpriv): the same uid, but the owner's 000 bits now apply.
+    """
+    if not AS_ROOT:
+        return make_engine().ingest(paths).to_dict()
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop root's file-permission override"
+    res = subprocess.run(
+        [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+            str(RAGLINE),
+            "ingest",
+            *map(str, paths),
+            "--json",
+        ],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")},
+            "RAGLINE_DATA_DIR": str(data_dir),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode in (0, 2), res.stdout + res.stderr
+    report: dict[str, Any] = json.loads(res.stdout)
+    return report
+
+
 def test_unreadable_file_is_reported(tmp_path: Path, make_engine: Callable[..., Engine]) -> None:
     locked = write_text(tmp_path / "locked.txt", "You cannot read me.")
     locked.chmod(0)
     ok = write_text(tmp_path / "ok.txt", "You can read me.")
     try:
-        report = make_engine().ingest([locked, ok])
+        report = _ingest_reading_as_a_user([locked, ok], tmp_path / "data", make_engine)
     finally:
         locked.chmod(0o644)
-    assert failures(report) == {str(locked): "permission denied"}
-    assert report.added == 1
+    assert {f["path"]: f["reason"] for f in report["failed"]} == {str(locked): "permission denied"}
+    assert report["added"] == 1
 
 
-@pytest.mark.skipif(AS_ROOT, reason=ROOT_REASON)
 def test_unreadable_directory_is_reported(tmp_path: Path, make_engine: Callable[..., Engine]) -> None:
     d = tmp_path / "closed"
     d.mkdir()
     write_text(d / "inside.txt", "hidden")
     d.chmod(0)
     try:
-        report = make_engine().ingest([d])
+        report = _ingest_reading_as_a_user([d], tmp_path / "data", make_engine)
     finally:
         d.chmod(0o755)
-    assert failures(report) == {str(d): "permission denied"}
+    assert {f["path"]: f["reason"] for f in report["failed"]} == {str(d): "permission denied"}
 
 
 # -- the command line ---------------------------------------------------------------------

@@ -71,7 +71,8 @@ def _print_report(report: IngestReport) -> None:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="files or directories")],
+    # readable=False: an unreadable path is reported with the others by the ingestor, not a usage error
+    paths: Annotated[list[Path], typer.Argument(help="files or directories", readable=False)],
     collection: CollectionOpt = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="key=value added to every chunk")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
