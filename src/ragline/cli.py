@@ -263,9 +263,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
-    import uvicorn
-
-    from ragline.server.app import create_app
+    from ragline.server.run import serve as run_server
 
     settings = load_settings(config)
     if workers != 1:
@@ -273,18 +271,7 @@ def serve(
             "the embedded engine is opened by one process; run one worker per data_dir",
             param_hint="--workers",
         )
-    s = settings.server
-    engine = Engine(settings)
-    app_ = create_app(engine, local_model=s.local_model, max_body_bytes=s.max_body_bytes)
-    uvicorn.run(
-        app_,
-        host=host or s.host,
-        port=port or s.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="info",
-        access_log=access_log,  # off by default: a formatted, written line per request on the hot path
-    )
+    run_server(settings, host=host, port=port, access_log=access_log)
 
 
 @config_app.command("example")
