@@ -232,6 +232,74 @@ class ServerSettings(_Section):
     embedding_batch_max_size: int = Field(64, ge=1, le=4096)
     """Dynamic batching of /v1/embeddings: texts per model call, and how long the oldest waits for more."""
     embedding_batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_embedding_inputs: int = Field(
+        2048, ge=1, le=100_000, description="/v1/embeddings: input strings per request"
+    )
+    max_embedding_tokens: int = Field(
+        65_536,
+        ge=1,
+        description="/v1/embeddings: tokens per request, each input counted as the model reads it "
+        "(at most embedder.max_tokens)",
+    )
+    max_embedding_input_chars: int = Field(
+        32_768, ge=1, description="/v1/embeddings: characters per input string"
+    )
+    max_messages: int = Field(2048, ge=1, description="chat completions: messages per request")
+    max_prompt_tokens: int = Field(
+        131_072,
+        ge=1,
+        description="chat completions: prompt tokens per request, estimated as characters / 4 "
+        "(the local model's context, llm.n_ctx, also bounds its prompts and max_tokens)",
+    )
+    max_query_chars: int = Field(
+        4096, ge=1, description="characters of a search query or of a rag/<collection> question"
+    )
+    max_search_top_k: int = Field(100, ge=1, le=1000, description="top_k of one search request")
+    max_filters: int = Field(32, ge=0, description="metadata filters of one search or rag request")
+    max_running_ingest_jobs: int = Field(
+        2, ge=1, le=64, description="upload (ingest) jobs running at once; more wait in the queue"
+    )
+    max_running_async_jobs: int = Field(
+        4, ge=1, le=256, description="async chat completion jobs running at once; more wait in the queue"
+    )
+    max_queued_jobs: int = Field(
+        64, ge=0, description="jobs waiting to run; a job submitted past it gets 429 with Retry-After"
+    )
+    max_jobs_per_key: int = Field(
+        16, ge=1, description="unfinished jobs one API key may hold (applies once requests carry keys)"
+    )
+    max_job_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="an async job's request body and its stored result; a larger body gets 413, a larger "
+        "result fails the job",
+    )
+    job_timeout_s: float = Field(
+        3600.0, ge=0.0, description="a running job is cancelled after this long; 0 = no limit"
+    )
+    job_ttl_s: float = Field(3600.0, gt=0.0, description="finished jobs are forgotten this long after they end")
+    max_finished_jobs: int = Field(1000, ge=1, description="finished jobs kept at most (the oldest go first)")
+    max_connections: int = Field(1024, ge=1, description="open client connections; one more is answered 503")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers of one request; over it: 431"
+    )
+    max_header_count: int = Field(100, ge=1, description="headers of one request; over it: 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, description="a client must send a whole request head within this (else 408 and close)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0.0, description="a request body must arrive whole within this after its head (else close)"
+    )
+    keepalive_timeout_s: float = Field(5.0, gt=0.0, description="an idle keep-alive connection is closed after this")
+    max_requests_per_connection: int = Field(
+        1000, ge=1, description="requests served on one keep-alive connection before it is closed"
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="on SIGTERM: how long in-flight requests may finish before they are cut off "
+        "(new connections are refused at once; running jobs are cancelled)",
+    )
 
 
 # -- gateway ----------------------------------------------------------------------------
