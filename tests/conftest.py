@@ -71,8 +71,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def ragline_server(data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
-    """Run a real `ragline serve` on 127.0.0.1 until its models are loaded; yields the base URL.
+def ragline_process(
+    data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run a real `ragline serve` on 127.0.0.1 until its models are loaded; yields (process, base URL).
 
     ``env`` adds settings (RAGLINE_...) to the environment; the server's log is data_dir/server.log.
     """
@@ -98,11 +100,19 @@ def ragline_server(data_dir: Path, env: dict[str, str] | None = None, timeout: f
                 if time.monotonic() > deadline:
                     pytest.fail(f"server did not become ready in {timeout:.0f} s")
                 time.sleep(0.2)
-            yield base
+            yield proc, base
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def ragline_server(data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
+    """Run a real `ragline serve` on 127.0.0.1 until its models are loaded; yields the base URL."""
+    with ragline_process(data_dir, env, timeout) as (_, base):
+        yield base

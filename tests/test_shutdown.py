@@ -1,0 +1,84 @@
+"""Graceful shutdown of a real `ragline serve`: SIGTERM stops accepting, lets in-flight requests
+finish up to server.shutdown_timeout_s, cuts off what runs longer, and exits."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import ragline_process
+
+
+#: uvicorn re-raises the signal once its graceful shutdown is done, so the exit status says SIGTERM
+GRACEFUL = (0, -signal.SIGTERM)
+
+
+def _chat(base: str, max_tokens: int, out: dict[str, Any], stream: bool = False) -> None:
+    body = {
+        "model": "local",
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+    try:
+        if stream:
+            chunks = 0
+            with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as r:
+                out["status"] = r.status_code
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        chunks += 1
+                    out["done"] = line == "data: [DONE]"
+            out["chunks"] = chunks
+        else:
+            r = httpx.post(base + "/v1/chat/completions", json=body, timeout=120)
+            out["status"] = r.status_code
+            out["body"] = r.json()
+    except httpx.HTTPError as e:
+        out["error"] = type(e).__name__
+    out["ended"] = time.monotonic()
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path: Path) -> None:
+    env = {"RAGLINE_SERVER__SHUTDOWN_TIMEOUT_S": "30"}
+    with ragline_process(tmp_path / "data", env) as (proc, base):
+        out: dict[str, Any] = {}
+        worker = threading.Thread(target=_chat, args=(base, 48, out))
+        worker.start()
+        time.sleep(0.5)  # the request is generating
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(base + "/health/live", timeout=2)  # no longer accepting
+        worker.join(timeout=60)
+        assert out.get("status") == 200, out
+        assert out["body"]["choices"][0]["message"]["content"]
+        assert proc.wait(timeout=30) in GRACEFUL
+        assert time.monotonic() - t < 30
+    assert "Application shutdown complete" in (tmp_path / "data" / "server.log").read_text()
+
+
+def test_sigterm_cuts_off_requests_past_the_shutdown_deadline(tmp_path: Path) -> None:
+    env = {"RAGLINE_SERVER__SHUTDOWN_TIMEOUT_S": "1", "RAGLINE_LLM__MAX_TOKENS": "4000"}
+    with ragline_process(tmp_path / "data", env) as (proc, base):
+        out: dict[str, Any] = {}
+        worker = threading.Thread(target=_chat, args=(base, 3000, out, True))
+        worker.start()
+        time.sleep(1.0)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        exited = time.monotonic() - t
+        worker.join(timeout=30)
+        assert code in GRACEFUL
+        assert exited < 10, f"exit took {exited:.1f} s with a 1 s shutdown deadline"
+        assert not out.get("done"), "the long stream should have been cut off, not finished"
+    assert "Application shutdown complete" in (tmp_path / "data" / "server.log").read_text()
