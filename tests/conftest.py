@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+import error_audit
 from ragline import Engine
 from ragline.answer.llm import LlamaCppLLM, build_llm
 from ragline.config import EmbedderSettings, LLMSettings, Settings, load_settings
@@ -22,6 +23,21 @@ from ragline.embed.factory import build_embedder
 from ragline.embed.onnx import OnnxEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
+
+error_audit.install()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    error_audit.CURRENT_TEST[0] = item.nodeid
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # the error-body audit reads what every other test received: it runs last
+    last = [i for i in items if i.module is not None and i.module.__name__ == "test_zz_error_leaks"]
+    items[:] = [i for i in items if i not in last] + last
+
+
 SHARED_DATA = Path(__import__("os").environ.get("RAGLINE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
