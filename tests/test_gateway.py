@@ -637,7 +637,9 @@ def test_every_deployment_down_is_503_with_the_reasons(client: openai.OpenAI) ->
         _ask(client, "alldown")
     assert exc.value.status_code == 503
     assert "deployment 'dead'" in exc.value.message
-    assert "cannot connect" in exc.value.message or "circuit breaker open" in exc.value.message
+    assert "unreachable (connect failed)" in exc.value.message or "circuit breaker open" in exc.value.message
+    message = exc.value.response.json()["error"]["message"]
+    assert "http://" not in message and "Error" not in message  # no address, no exception class
 
 
 # -- circuit breaker ----------------------------------------------------------------------
@@ -742,6 +744,19 @@ def test_client_disconnect_cancels_the_upstream_stream(env: Env) -> None:
     after = env.stats("cancel")
     assert after["cancelled"] - before["cancelled"] == 1
     assert after["completed"] == before["completed"]
+
+
+def test_client_disconnect_cancels_a_non_streamed_upstream_call(env: Env) -> None:
+    env.faults("cancel", [{"mode": "ok", "delay": 3.0}])
+    gone = env.metric("ragline_requests_total", route="/v1/chat/completions", status="499")
+    payload = {"model": "cancel", "messages": MSG}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(env.gateway + "/v1/chat/completions", json=payload, timeout=0.5)
+    deadline = time.monotonic() + 2  # well before the upstream would answer
+    while env.metric("ragline_deployment_in_flight", deployment="cancel") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert env.metric("ragline_deployment_in_flight", deployment="cancel") == 0
+    assert env.metric("ragline_requests_total", route="/v1/chat/completions", status="499") == gone + 1
 
 
 # -- load balancing and rules ---------------------------------------------------------------

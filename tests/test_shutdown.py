@@ -14,7 +14,6 @@ import pytest
 
 from conftest import ragline_process
 
-
 #: uvicorn re-raises the signal once its graceful shutdown is done, so the exit status says SIGTERM
 GRACEFUL = (0, -signal.SIGTERM)
 
@@ -82,3 +81,31 @@ def test_sigterm_cuts_off_requests_past_the_shutdown_deadline(tmp_path: Path) ->
         assert exited < 10, f"exit took {exited:.1f} s with a 1 s shutdown deadline"
         assert not out.get("done"), "the long stream should have been cut off, not finished"
     assert "Application shutdown complete" in (tmp_path / "data" / "server.log").read_text()
+
+
+def test_sigterm_cancels_a_running_ingestion_job_and_exits(tmp_path: Path) -> None:
+    # a JSON upload of many documents keeps an ingestion job busy for many embedding batches
+    docs = [
+        {
+            "id": f"d{i}",
+            "text": " ".join(f"Paragraph {i}.{j} about lighthouses and tides." for j in range(60)),
+        }
+        for i in range(400)
+    ]
+    env = {"RAGLINE_SERVER__SHUTDOWN_TIMEOUT_S": "5", "RAGLINE_INGEST__UPSERT_BATCH": "32"}
+    with ragline_process(tmp_path / "data", env) as (proc, base):
+        r = httpx.post(base + "/v1/collections/big/documents", json={"documents": docs}, timeout=60)
+        assert r.status_code in (200, 202), r.text
+        job = r.json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/v1/jobs/{job['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        exited = time.monotonic() - t
+    assert code in GRACEFUL
+    assert exited < 20, f"exit took {exited:.1f} s while a job ran"
+    log = (tmp_path / "data" / "server.log").read_text()
+    assert "Application shutdown complete" in log

@@ -14,16 +14,23 @@ from pathlib import Path
 from typing import IO
 
 from ragline.config import Settings
-from ragline.errors import CollectionBusy, CollectionNotFound, ConfigError, DocumentNotFound
+from ragline.errors import (
+    CollectionBusy,
+    CollectionNotFound,
+    CollectionUnavailable,
+    ConfigError,
+    DocumentNotFound,
+)
 from ragline.index.base import VectorIndex
 from ragline.index.edge import EdgeIndex
 from ragline.ingest.registry import DocRecord, PendingChange, Registry
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 def validate_name(name: str) -> str:
-    if not _NAME.match(name) or ".." in name:
+    # fullmatch: with match and "$", a trailing newline passed ("$" matches before a final "\n")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "
             "starting with a letter or digit"
@@ -39,7 +46,9 @@ def list_collections(settings: Settings) -> list[str]:
     root = collections_root(settings)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "registry.sqlite").exists())
+    return sorted(
+        p.name for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / "registry.sqlite").exists()
+    )
 
 
 class Collection:
@@ -51,41 +60,68 @@ class Collection:
         if not (self.path / "registry.sqlite").exists() and not create:
             raise CollectionNotFound(f"collection {name!r} does not exist (ingest something into it first)")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_file: IO[str] = open(self.path / "lock", "w")  # noqa: SIM115 - held for the lifetime
+        # Whatever fails below (a busy lock, another embedder, no file descriptor left for the
+        # index), everything opened so far is closed again: a failed open takes nothing with it.
+        self._lock_file: IO[str] | None = None
+        self._registry: Registry | None = None
+        self._index: VectorIndex | None = None
+        try:
+            self._open(settings, dim, embedder_name)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, settings: Settings, dim: int, embedder_name: str) -> None:
+        name = self.name
+        self._lock_file = open(self.path / "lock", "w")  # noqa: SIM115 - held for the lifetime
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock_file.close()
             raise CollectionBusy(
                 f"collection {name!r} is in use by another ragline process; wait for it to finish"
             ) from None
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
-        self.registry = Registry(self.path / "registry.sqlite")
+        self._registry = Registry(self.path / "registry.sqlite")
         stored = self.registry.get_meta("embedder")
         if stored is None:
             self.registry.set_meta("embedder", json.dumps({"name": embedder_name, "dim": dim}))
         else:
             info = json.loads(stored)
             if info["name"] != embedder_name or info["dim"] != dim:
-                self.registry.close()
-                self._lock_file.close()
                 raise ConfigError(
                     f"collection {name!r} was built with embedder {info['name']} (dim {info['dim']}); "
                     f"the configured one is {embedder_name} (dim {dim}). Use another collection or re-ingest."
                 )
         r = settings.retrieval
-        self.index: VectorIndex = EdgeIndex(
+        self._index = EdgeIndex(
             self.path / "shard",
             dim,
             bm25_k=r.bm25_k,
             bm25_b=r.bm25_b,
             bm25_avg_len=r.bm25_avg_len,
             hnsw_ef=r.hnsw_ef,
+            threads=settings.collections.search_threads,
         )
         # Readers (search) and the writer (ingest/delete) of this process.
         self.write_lock = threading.Lock()
         self.recovered = self.recover()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise CollectionUnavailable(f"collection {self.name!r} is closed")
+        return self._registry
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            raise CollectionUnavailable(f"collection {self.name!r} is closed")
+        return self._index
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_file is None
 
     def recover(self) -> int:
         """Settle changes a crash left half-done; returns how many were settled."""
@@ -119,8 +155,19 @@ class Collection:
             return record
 
     def close(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Close the index, the registry and the lock file, whichever are open (idempotent)."""
+        index, registry, lock_file = self._index, self._registry, self._lock_file
+        self._index = self._registry = self._lock_file = None
         try:
-            self.index.close()
+            if index is not None:
+                index.close()
         finally:
-            self.registry.close()
-            self._lock_file.close()
+            try:
+                if registry is not None:
+                    registry.close()
+            finally:
+                if lock_file is not None:
+                    lock_file.close()

@@ -9,26 +9,43 @@ with Engine() as engine:
 
 from __future__ import annotations
 
+import logging
+import resource
+import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ragline.answer.answerer import Answerer
 from ragline.answer.llm import LLM, TokenCallback, build_llm
-from ragline.collection import Collection, list_collections, validate_name
+from ragline.collection import Collection, collections_root, list_collections, validate_name
 from ragline.config import Settings, load_settings
 from ragline.embed.base import Embedder
 from ragline.embed.factory import build_embedder
-from ragline.errors import CollectionNotFound
+from ragline.errors import (
+    CollectionBusy,
+    CollectionLimitReached,
+    CollectionNotFound,
+    CollectionUnavailable,
+    RaglineError,
+)
 from ragline.index.filters import Filter, parse_filters
-from ragline.ingest.pipeline import Ingestor, ProgressCallback
+from ragline.ingest.pipeline import Ingestor, ProgressCallback, StopCheck
 from ragline.ingest.registry import DocRecord
 from ragline.retrieval.rerank import Reranker, build_reranker
 from ragline.retrieval.retriever import Retriever
 from ragline.types import Answer, AnswerMode, Hit, IngestReport, ParsedDocument, SearchMode, Usage
+
+log = logging.getLogger("ragline.engine")
+
+#: File descriptors one open collection may hold (5 measured: lock file, SQLite and its WAL
+#: files, the shard's WAL), with room for more segments.
+_FDS_PER_COLLECTION = 8
 
 
 class Engine:
@@ -44,7 +61,9 @@ class Engine:
         self._embedder = embedder
         self._llm = llm
         self._reranker: Reranker | None = None
-        self._collections: dict[str, Collection] = {}
+        # open collections, least recently used first; the number of operations using each
+        self._collections: OrderedDict[str, Collection] = OrderedDict()
+        self._users: dict[str, int] = {}
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -94,18 +113,128 @@ class Engine:
                 self._llm = build_llm(self.settings.llm)
             return self._llm
 
+    # -- collections ----------------------------------------------------------------------
+    #
+    # At most ``max_open_collections()`` collections are held open (each holds file descriptors
+    # and engine threads); past that the least recently used one that no operation is using is
+    # closed, and reopened on its next use. The Engine's own methods hold a collection for the
+    # duration of the call; a Collection returned by ``collection()`` stays valid until it is
+    # evicted that way or the engine closes.
+
     def collection(self, name: str | None = None, *, create: bool = False) -> Collection:
         name = validate_name(name or self.settings.default_collection)
         with self._lock:
-            col = self._collections.get(name)
-            if col is None:
-                emb = self.embedder
-                col = Collection(self.settings, name, emb.dim, emb.name, create=create)
-                self._collections[name] = col
+            col = self._open(name, create)
+            self._evict()
             return col
 
     def collections(self) -> list[str]:
         return list_collections(self.settings)
+
+    def open_collections(self) -> list[str]:
+        """The collections open now, least recently used first."""
+        with self._lock:
+            return list(self._collections)
+
+    def max_open_collections(self) -> int:
+        """``collections.max_open``, lowered to what the process's descriptor limit leaves room for."""
+        limit = self.settings.collections.max_open
+        try:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (OSError, ValueError):
+            return limit
+        if soft == resource.RLIM_INFINITY:
+            return limit
+        reserve = max(32, soft // 4)  # sockets, models, temporary files
+        return max(1, min(limit, (soft - reserve) // _FDS_PER_COLLECTION))
+
+    def check_can_create(self, name: str) -> None:
+        """Raise CollectionLimitReached if ``name`` is new and ``collections.max_count`` is reached."""
+        name = validate_name(name)
+        if (collections_root(self.settings) / name / "registry.sqlite").exists():
+            return
+        limit = self.settings.collections.max_count
+        if len(list_collections(self.settings)) >= limit:
+            raise CollectionLimitReached(
+                f"cannot create collection {name!r}: the limit of {limit} collections is reached "
+                "(collections.max_count); delete one first"
+            )
+
+    @contextmanager
+    def using(self, name: str | None = None, *, create: bool = False) -> Iterator[Collection]:
+        """Hold a collection open for the block (it is not closed to make room meanwhile)."""
+        name = validate_name(name or self.settings.default_collection)
+        with self._lock:
+            col = self._open(name, create)
+            self._users[name] = self._users.get(name, 0) + 1
+            self._evict()
+        try:
+            yield col
+        finally:
+            with self._lock:
+                left = self._users.get(name, 0) - 1
+                if left > 0:
+                    self._users[name] = left
+                else:
+                    self._users.pop(name, None)
+                self._evict()
+
+    def _open(self, name: str, create: bool) -> Collection:
+        """The open collection ``name``, opened now if need be (caller holds ``self._lock``)."""
+        col = self._collections.get(name)
+        if col is not None:
+            self._collections.move_to_end(name)
+            return col
+        path = collections_root(self.settings) / name
+        existed = path.exists()
+        emb = self.embedder
+        self._evict(room_for=1)
+
+        def attempt() -> Collection:
+            if create:
+                self.check_can_create(name)
+            return Collection(self.settings, name, emb.dim, emb.name, create=create)
+
+        try:
+            try:
+                col = attempt()
+            except RaglineError:
+                raise
+            except Exception as first:
+                # most likely out of file descriptors: close every idle collection, try once more
+                log.warning("opening collection %r failed (%r); closing idle collections", name, first)
+                self._evict(keep=0)
+                try:
+                    col = attempt()
+                except RaglineError:
+                    raise
+                except Exception as e:
+                    log.error("opening collection %r failed again: %r", name, e)
+                    raise CollectionUnavailable(
+                        f"collection {name!r} cannot be opened now (the server is out of resources); "
+                        "retry later"
+                    ) from e
+        except BaseException:
+            if not existed:  # created just now and broken: leave nothing behind
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        self._collections[name] = col
+        return col
+
+    def _evict(self, room_for: int = 0, keep: int | None = None) -> None:
+        """Close least recently used idle collections until ``room_for`` more fit under the bound
+        (or until at most ``keep`` are open: 0 closes every idle one)."""
+        bound = self.max_open_collections() - room_for if keep is None else keep
+        for name in list(self._collections):
+            if len(self._collections) <= bound:
+                break
+            if self._users.get(name):
+                continue
+            col = self._collections.pop(name)
+            try:
+                col.close()
+            except Exception as e:  # closing must not fail the request that needed the room
+                log.warning("closing collection %r failed: %r", name, e)
 
     # -- documents -----------------------------------------------------------------------
 
@@ -116,9 +245,14 @@ class Engine:
         collection: str | None = None,
         metadata: dict[str, Any] | None = None,
         progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> IngestReport:
-        col = self.collection(collection, create=True)
-        return Ingestor(self.settings, self.embedder, col).ingest_paths(paths, metadata, progress)
+        """Ingest files and folders; ``should_stop`` (polled between documents and embedding
+        batches) returning True stops the run with IngestCancelled, keeping the groups written."""
+        with self.using(collection, create=True) as col:
+            return Ingestor(self.settings, self.embedder, col, should_stop).ingest_paths(
+                paths, metadata, progress
+            )
 
     def ingest_documents(
         self,
@@ -127,27 +261,44 @@ class Engine:
         collection: str | None = None,
         progress: ProgressCallback | None = None,
         total: int = 0,
+        should_stop: StopCheck | None = None,
     ) -> IngestReport:
-        col = self.collection(collection, create=True)
-        return Ingestor(self.settings, self.embedder, col).ingest_documents(documents, progress, total)
+        with self.using(collection, create=True) as col:
+            return Ingestor(self.settings, self.embedder, col, should_stop).ingest_documents(
+                documents, progress, total
+            )
 
     def delete(self, doc_id: str, *, collection: str | None = None) -> DocRecord:
-        return self.collection(collection).delete_document(doc_id)
+        with self.using(collection) as col:
+            return col.delete_document(doc_id)
 
     def documents(
         self, *, collection: str | None = None, limit: int = 1000, offset: int = 0
     ) -> list[DocRecord]:
-        return self.collection(collection).registry.list_documents(limit, offset)
+        with self.using(collection) as col:
+            return col.registry.list_documents(limit, offset)
+
+    def document(self, doc_id: str, *, collection: str | None = None) -> DocRecord | None:
+        """The registry record of ``doc_id``, or None (also when the collection does not exist)."""
+        name = validate_name(collection or self.settings.default_collection)
+        if name not in self.collections():
+            return None
+        with self.using(name) as col:
+            return col.registry.get(doc_id)
 
     def drop_collection(self, name: str) -> None:
-        import shutil
-
         name = validate_name(name)
         with self._lock:
+            users = self._users.get(name, 0)
+            if users:
+                raise CollectionBusy(
+                    f"collection {name!r} is in use by {users} running operation(s) (an ingestion, a "
+                    "search); retry when they finish"
+                )
             col = self._collections.pop(name, None)
             if col is not None:
                 col.close()
-            path = self.settings.data_dir / "collections" / name
+            path = collections_root(self.settings) / name
             if not path.exists():
                 raise CollectionNotFound(f"collection {name!r} does not exist")
             shutil.rmtree(path)
@@ -164,11 +315,11 @@ class Engine:
         filters: Filter | list[str] | None = None,
         **kwargs: Any,
     ) -> list[Hit]:
-        col = self.collection(collection)
         flt = parse_filters(filters) if isinstance(filters, list) else filters
-        return self._retrieve(
-            col, query, top_k or self.settings.retrieval.top_k, mode=mode, flt=flt, **kwargs
-        )
+        with self.using(collection) as col:
+            return self._retrieve(
+                col, query, top_k or self.settings.retrieval.top_k, mode=mode, flt=flt, **kwargs
+            )
 
     # -- answers ------------------------------------------------------------------------
 
@@ -189,8 +340,21 @@ class Engine:
         mode = mode or a.mode
         if mode not in ("generate", "extractive"):
             raise ValueError(f"unknown answer mode {mode!r}; choose generate or extractive")
-        col = self.collection(collection)
         flt = parse_filters(filters) if isinstance(filters, list) else filters
+        with self.using(collection) as col:
+            return self._answer(col, question, mode, top_k, flt, on_token, max_tokens)
+
+    def _answer(
+        self,
+        col: Collection,
+        question: str,
+        mode: AnswerMode,
+        top_k: int | None,
+        flt: Filter | None,
+        on_token: TokenCallback | None,
+        max_tokens: int | None,
+    ) -> Answer:
+        a = self.settings.answer
         retriever = Retriever(self.embedder, self.settings.retrieval)
         t0 = time.perf_counter()
         qvec = retriever.embed_query(question)

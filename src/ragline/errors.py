@@ -43,3 +43,19 @@ class ContextLengthExceeded(InvalidRequest):
 
 class MissingDependency(RaglineError):
     """An optional feature's library, or a shipped model package, is not installed."""
+
+
+class LimitExceeded(RaglineError):
+    """A configured limit was reached (the message names the setting); retrying will not help."""
+
+
+class CollectionLimitReached(LimitExceeded):
+    """Creating another collection would pass ``collections.max_count``."""
+
+
+class CollectionUnavailable(RaglineError):
+    """A collection cannot be opened now (out of file descriptors, or in use); retry later."""
+
+
+class IngestCancelled(RaglineError):
+    """An ingestion was stopped on request (or by its job's timeout) between two write groups."""

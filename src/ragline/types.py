@@ -44,6 +44,8 @@ class ParsedDocument:
     title: str
     sections: list[Section]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: What the parser left out (a document cut at a configured limit), shown in the report.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -195,6 +197,8 @@ class IngestReport:
     duplicates: int = 0
     near_duplicates: int = 0
     failed: list[FileFailure] = field(default_factory=list)
+    #: Documents ingested only in part (cut at a configured limit), with what was left out.
+    warnings: list[FileFailure] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
     doc_ids: list[str] = field(default_factory=list)
@@ -211,6 +215,7 @@ class IngestReport:
             "duplicates": self.duplicates,
             "near_duplicates": self.near_duplicates,
             "failed": [{"path": f.path, "reason": f.reason} for f in self.failed],
+            "warnings": [{"path": f.path, "reason": f.reason} for f in self.warnings],
             "chunks": self.chunks,
             "seconds": round(self.seconds, 3),
             "chunks_per_second": round(self.chunks_per_second, 1),

@@ -9,6 +9,7 @@ upstream's own 4xx through. The server maps them to HTTP statuses in one place.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ragline.errors import RaglineError
@@ -22,17 +23,26 @@ class GatewayError(RaglineError):
 
 
 class UpstreamError(GatewayError):
+    """One failed attempt. ``str(e)`` is what a client may read: the deployment and the kind of
+    failure, never the upstream's address, credentials or the transport's exception; ``detail``
+    (redacted) is for the log."""
+
     #: Label value of ragline_upstream_errors_total{kind}.
     kind = "connect"
     #: May the same request be sent again (to this or another deployment of the group)?
     retryable = False
     #: Does the failure say something about the deployment's health (breaker, passive health)?
     counts_as_failure = True
+    #: What happened, as the client reads it after the deployment's name.
+    outcome = "failed"
 
-    def __init__(self, deployment: str, message: str) -> None:
-        super().__init__(f"deployment '{deployment}': {message}")
+    def __init__(self, deployment: str, failure: str, detail: str | None = None) -> None:
+        super().__init__(f"deployment '{deployment}' {self.outcome} ({failure})")
         self.deployment = deployment
-        self.detail = message
+        #: The kind of failure, in a few words (safe to show).
+        self.failure = failure
+        #: What the transport or the upstream said, for the log only (URL credentials redacted).
+        self.detail = redact(detail) if detail else failure
 
 
 class UpstreamConnectError(UpstreamError):
@@ -40,6 +50,7 @@ class UpstreamConnectError(UpstreamError):
 
     kind = "connect"
     retryable = True
+    outcome = "unreachable"
 
 
 class UpstreamDisconnected(UpstreamError):
@@ -53,6 +64,7 @@ class UpstreamTimeout(UpstreamError):
     """No first token or no complete answer in time. Not retried: the next attempt would likely stall too."""
 
     kind = "timeout"
+    outcome = "timed out"
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -63,7 +75,11 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an HTTP error status (429 and 5xx are retryable)."""
+    """The upstream answered with an HTTP error status (429 and 5xx are retryable).
+
+    ``message`` is the upstream's own error message: a 4xx (the request's fault) is passed
+    through to the client with it; a 5xx is reported as its status only.
+    """
 
     def __init__(
         self,
@@ -75,7 +91,11 @@ class UpstreamStatusError(UpstreamError):
     ) -> None:
         err = error or {}
         message = str(err.get("message") or f"upstream returned HTTP {status}")
-        super().__init__(deployment, f"HTTP {status}: {message}")
+        if status == 429:
+            self.outcome = "rate limited"
+        elif status < 500:
+            self.outcome = "refused the request"
+        super().__init__(deployment, f"HTTP {status}", f"HTTP {status}: {message}")
         self.status = status
         self.message = message
         self.type = str(err.get("type") or ("invalid_request_error" if status < 500 else "server_error"))
@@ -87,6 +107,14 @@ class UpstreamStatusError(UpstreamError):
         # A 4xx is the request's fault, not the deployment's; 429 is load, handled by Retry-After.
         self.counts_as_failure = status >= 500
         self.kind = "status_429" if status == 429 else ("status_5xx" if status >= 500 else "status_4xx")
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it (``scheme://user:password@``) masked."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 # -- the request as a whole ----------------------------------------------------------------

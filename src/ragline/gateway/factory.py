@@ -120,6 +120,7 @@ def _deployment(
             temperature=llm.temperature,
             timeouts=timeouts,
             run_in_thread=run_in_thread,
+            n_ctx=llm.n_ctx,
         )
     assert d.base_url is not None and d.model is not None  # settings validation guarantees both
     return OpenAIDeployment(

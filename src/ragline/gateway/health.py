@@ -119,9 +119,8 @@ class HealthChecker:
             was = member.health.healthy
             member.health.record_probe(False)
             if was and not member.health.healthy:
-                log.warning(
-                    "deployment %s left rotation: %s", member.deployment.name, str(e) or "probe timed out"
-                )
+                why = e.detail if isinstance(e, UpstreamError) else "probe timed out"
+                log.warning("deployment %s left rotation: %s", member.deployment.name, why)
             return
         was = member.health.healthy
         member.health.record_probe(True)

@@ -6,8 +6,9 @@ Streaming bridges the model's token callback to an asyncio queue. The model is t
 a factory on first use, so building the gateway does not load it. What the local model
 cannot honour (tools, response_format, ...) is ignored.
 
-A generation already running in its thread cannot be interrupted: when the client goes
-away the answer is dropped, and the slot frees itself at ``max_tokens`` at the latest.
+A generation nobody waits for any more (the client went away, a timeout fired) stops at its
+next token, streamed or not: the token callback tells llama.cpp to stop (``answer/tokens.py``).
+``max_tokens`` is capped at the model's context (``llm.n_ctx``): a larger one is refused (400).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from ragline.answer.llm import LLM, Completion, TokenCallback
-from ragline.answer.tokens import DONE, TokenBridge
+from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.errors import RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
@@ -46,8 +47,11 @@ class LocalDeployment:
         temperature: float = 0.0,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         run_in_thread: ThreadRunner | None = None,
+        n_ctx: int | None = None,
     ) -> None:
         self._name = name
+        #: The model's context (tokens per slot): the largest ``max_tokens`` a request may ask.
+        self._n_ctx = n_ctx
         self._run_in_thread = run_in_thread or _to_thread
         self._model = model
         self._llm = llm
@@ -65,9 +69,11 @@ class LocalDeployment:
 
     async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
         limit = min(self.timeouts.total, budget)
+        self._check_max_tokens(body)
         try:
-            async with asyncio.timeout(limit):
-                c = await self._run_in_thread(functools.partial(self._generate, body, None))
+            with stop_when_abandoned() as on_token:  # a timeout or a cancel stops the generation
+                async with asyncio.timeout(limit):
+                    c = await self._run_in_thread(functools.partial(self._generate, body, on_token))
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
         return {
@@ -90,6 +96,7 @@ class LocalDeployment:
         start = loop.time()
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
+        self._check_max_tokens(body)
         bridge = TokenBridge(loop)
 
         async def run() -> Completion:
@@ -118,10 +125,8 @@ class LocalDeployment:
                     async with asyncio.timeout_at(end if started else first_by):
                         item = await bridge.get()
                 except TimeoutError as e:
-                    what = "total" if started else "first token"
-                    raise UpstreamTimeout(
-                        self._name, f"{what} timeout after {loop.time() - start:.2f} s"
-                    ) from e
+                    what = "complete answer" if started else "first token"
+                    raise UpstreamTimeout(self._name, f"no {what} within {loop.time() - start:.2f} s") from e
                 if item is DONE:
                     break
                 started = True
@@ -149,6 +154,19 @@ class LocalDeployment:
     async def aclose(self) -> None:
         return None
 
+    def _budget(self, body: dict[str, Any]) -> int:
+        return int(body.get("max_completion_tokens") or body.get("max_tokens") or self._max_tokens)
+
+    def _check_max_tokens(self, body: dict[str, Any]) -> None:
+        if self._n_ctx is not None and self._budget(body) > self._n_ctx:
+            message = (
+                f"max_tokens {self._budget(body)} is more than the model's context of {self._n_ctx} "
+                "tokens (llm.n_ctx)"
+            )
+            raise UpstreamStatusError(
+                self._name, 400, {"message": message, "param": "max_tokens", "code": "max_tokens_too_large"}
+            )
+
     def _generate(self, body: dict[str, Any], on_token: TokenCallback | None) -> Completion:
         messages = [
             {"role": "system" if m.get("role") == "developer" else str(m.get("role")), "content": _text(m)}
@@ -160,9 +178,7 @@ class LocalDeployment:
         try:
             return self._llm().chat(
                 messages,
-                max_tokens=int(
-                    body.get("max_completion_tokens") or body.get("max_tokens") or self._max_tokens
-                ),
+                max_tokens=self._budget(body),
                 temperature=self._temperature if temperature is None else float(temperature),
                 top_p=body.get("top_p"),
                 stop=[stop] if isinstance(stop, str) else stop,

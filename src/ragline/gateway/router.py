@@ -28,6 +28,7 @@ one (library use) the router records them itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from ragline.observability.metrics import (
     TOKENS,
     UPSTREAM_ERRORS,
 )
+
+log = logging.getLogger("ragline.gateway")
 
 #: A request may lower its deadline with this header (seconds).
 DEADLINE_HEADER = "x-ragline-timeout"
@@ -328,8 +331,20 @@ class _Call:
             return member
 
     def record_failure(self, member: Member, err: UpstreamError) -> None:
-        """Count a failed attempt against the deployment (metrics, breaker, passive health)."""
+        """Count a failed attempt against the deployment (metrics, breaker, passive health).
+
+        The client only learns the deployment and the kind of failure (``str(err)``); what the
+        transport or the upstream said goes to the log (URL credentials redacted).
+        """
         UPSTREAM_ERRORS.labels(deployment=member.name, kind=err.kind).inc()
+        log.log(
+            logging.WARNING if err.counts_as_failure else logging.INFO,
+            "model %s: deployment %s failed (%s): %s",
+            self.requested,
+            member.name,
+            err.kind,
+            err.detail,
+        )
         if err.counts_as_failure:
             member.breaker.record_failure()
         elif isinstance(err, UpstreamStatusError) and err.status == 429:

@@ -27,6 +27,7 @@ from ragline.gateway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
+    redact,
 )
 from ragline.gateway.retry import parse_retry_after
 from ragline.gateway.sse import SSEDecoder
@@ -89,9 +90,9 @@ class OpenAIDeployment:
         try:
             result = codec.loads(data)
         except ValueError as e:
-            raise UpstreamProtocolError(self._name, "the answer is not JSON") from e
+            raise UpstreamProtocolError(self._name, "invalid response: not JSON") from e
         if not isinstance(result, dict) or "choices" not in result:
-            raise UpstreamProtocolError(self._name, "the answer is not a chat.completion object")
+            raise UpstreamProtocolError(self._name, "invalid response: not a chat.completion")
         return result
 
     # -- streaming -----------------------------------------------------------------------
@@ -146,10 +147,12 @@ class OpenAIDeployment:
                     break
                 pending = data
             except TimeoutError as e:
-                what = "total" if started else "first token"
-                raise UpstreamTimeout(self._name, f"stream {what} timeout after {limit - start:.2f} s") from e
+                what = "complete stream" if started else "first token"
+                raise UpstreamTimeout(self._name, f"no {what} within {limit - start:.2f} s") from e
             except Exception as e:
-                raise UpstreamDisconnected(self._name, f"the stream broke: {_reason(e)}") from e
+                raise UpstreamDisconnected(
+                    self._name, "stream broken", f"the stream broke: {_reason(e)}"
+                ) from e
             else:
                 pending = decoder.feed(line)
             if pending is None:
@@ -160,13 +163,15 @@ class OpenAIDeployment:
             try:
                 chunk = codec.loads(pending)
             except ValueError as e:
-                raise UpstreamProtocolError(self._name, "a stream event is not JSON") from e
+                raise UpstreamProtocolError(self._name, "invalid stream event: not JSON") from e
             if not isinstance(chunk, dict):
-                raise UpstreamProtocolError(self._name, "a stream event is not a JSON object")
+                raise UpstreamProtocolError(self._name, "invalid stream event: not a JSON object")
             if "error" in chunk:
                 err = chunk["error"]
                 msg = err.get("message") if isinstance(err, dict) else str(err)
-                raise UpstreamDisconnected(self._name, f"the upstream ended the stream with an error: {msg}")
+                raise UpstreamDisconnected(
+                    self._name, "the stream ended with an error", f"the upstream ended the stream with: {msg}"
+                )
             started = True
             finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
             yield chunk
@@ -190,17 +195,26 @@ class OpenAIDeployment:
         await self._pool.aclose()
 
     def _transport_error(self, e: Exception) -> UpstreamError:
+        """The failure as the client may see it (its kind); the address and the transport's words
+        go into ``detail``, for the log only."""
         reason = _reason(e)
         if isinstance(e, httpclient.ConnectError):
-            return UpstreamConnectError(self._name, f"cannot connect to {self.base_url}: {reason}")
+            failure = "connect timed out" if isinstance(e.__cause__, TimeoutError) else "connect failed"
+            return UpstreamConnectError(self._name, failure, f"cannot connect to {self.base_url}: {reason}")
         if isinstance(e, httpclient.ConnectionLost | OSError):
-            return UpstreamDisconnected(self._name, f"connection lost before the answer: {reason}")
+            return UpstreamDisconnected(
+                self._name,
+                "connection lost",
+                f"connection to {self.base_url} lost before the answer: {reason}",
+            )
         if isinstance(e, httpclient.HTTPError):
-            return UpstreamProtocolError(self._name, reason)
+            return UpstreamProtocolError(self._name, "invalid HTTP response", f"{self.base_url}: {reason}")
         # Not the client's error: the connection died in a way the transport does not wrap (e.g.
         # uvloop's getpeername() on a socket whose peer just vanished). Still a lost connection.
-        log.warning("deployment %s: unexpected transport failure: %s", self._name, reason)
-        return UpstreamDisconnected(self._name, f"connection lost: {reason}")
+        log.warning("deployment %s: unexpected transport failure: %s", self._name, redact(reason))
+        return UpstreamDisconnected(
+            self._name, "connection lost", f"connection to {self.base_url} lost: {reason}"
+        )
 
 
 def _reason(e: BaseException) -> str:

@@ -50,27 +50,40 @@ class EdgeIndex:
         self._dim = dim
         self._hnsw_ef = hnsw_ef
         self._bm25 = qe.Bm25(qe.Bm25Config(k=bm25_k, b=bm25_b, avg_len=bm25_avg_len, language="english"))
+        vectors = {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)}
+        sparse = {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
         segments = path / "segments"
-        if segments.exists() and any(segments.iterdir()):
-            self._shard = qe.EdgeShard.load(str(path))
+        created = not (segments.exists() and any(segments.iterdir()))
+        if not created:
+            # the search pool's size is not stored with every shard: pass it on each load (the
+            # engine's default is 8 threads per shard, whatever the number of cores)
+            config = None
+            if threads is not None:
+                config = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, max_search_threads=threads)
+            self._shard = qe.EdgeShard.load(str(path), config)
         else:
             path.mkdir(parents=True, exist_ok=True)
             config = qe.EdgeConfig(
-                vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
-                sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+                vectors=vectors,
+                sparse_vectors=sparse,
                 hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
                 max_search_threads=threads,
             )
             self._shard = qe.EdgeShard.create(str(path), config)
-            for key, schema in (
-                ("doc_id", qe.PayloadSchemaType.Keyword),
-                ("source", qe.PayloadSchemaType.Keyword),
-                ("page", qe.PayloadSchemaType.Integer),
-                ("chunk_index", qe.PayloadSchemaType.Integer),
-                ("ingested_at", qe.PayloadSchemaType.Datetime),
-            ):
-                self._shard.update(qe.UpdateOperation.create_field_index(key, schema))
-        self._indexed = set(self._shard.info().payload_schema.keys())
+        try:
+            if created:
+                for key, schema in (
+                    ("doc_id", qe.PayloadSchemaType.Keyword),
+                    ("source", qe.PayloadSchemaType.Keyword),
+                    ("page", qe.PayloadSchemaType.Integer),
+                    ("chunk_index", qe.PayloadSchemaType.Integer),
+                    ("ingested_at", qe.PayloadSchemaType.Datetime),
+                ):
+                    self._shard.update(qe.UpdateOperation.create_field_index(key, schema))
+            self._indexed = set(self._shard.info().payload_schema.keys())
+        except BaseException:
+            self._shard.close()  # a failed open keeps nothing open
+            raise
         self._lock = threading.RLock()
 
     # -- writes ------------------------------------------------------------------------
@@ -134,8 +147,10 @@ class EdgeIndex:
 
     def close(self) -> None:
         with self._lock:
-            self._shard.flush()
-            self._shard.close()
+            try:
+                self._shard.flush()
+            finally:  # a failed flush (no descriptor left) must not keep the shard open
+                self._shard.close()
 
     # -- reads -------------------------------------------------------------------------
 

@@ -147,9 +147,13 @@ class Chunker:
     def capacity(self) -> int:
         return self._capacity
 
-    def chunk(self, doc: ParsedDocument, version: str) -> list[Chunk]:
+    def chunk(self, doc: ParsedDocument, version: str, max_chunks: int | None = None) -> list[Chunk]:
+        """The document's chunks. With ``max_chunks`` it stops after the section that passes that
+        many: the caller sees the document is over its cap without chunking the rest of it."""
         chunks: list[Chunk] = []
         for section in doc.sections:
+            if max_chunks is not None and len(chunks) > max_chunks:
+                break
             path = [h for h in section.heading_path if h]
             if path and path[0] == doc.title:
                 path = path[1:]  # the title is already in the header

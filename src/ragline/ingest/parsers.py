@@ -5,23 +5,59 @@ heading), Markdown (markdown-it-py, sections by heading), plain text, DOCX
 (python-docx, sections by Heading styles) and JSONL (one document per line;
 BEIR's corpus.jsonl as is: ``_id``, ``title``, ``text``).
 
-Every failure is a ParseError whose message is the reason shown to the user.
+Every failure is a ParseError whose message is the reason shown to the user: it names what is
+wrong with the file, never a library's exception or a path on the server (those go to the log).
+
+Hostile files are bounded by ``ParseLimits`` (from ``ingest.*``): a DOCX's members are sized and
+its XML counted before python-docx reads anything, a PDF's page tree is walked with a budget
+(each page object once), and the text a PDF yields is capped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragline.config import IngestSettings
 from ragline.errors import ParseError
 from ragline.ingest.cleaning import clean_text, looks_like_text
 from ragline.types import ParsedDocument, Section
 
-Parser = Callable[[Path, str], list[ParsedDocument]]
+log = logging.getLogger("ragline.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Caps on what one file may cost to parse (see ``IngestSettings``)."""
+
+    max_unpacked_bytes: int = 100 * 1024 * 1024
+    max_archive_members: int = 10_000
+    max_xml_elements: int = 1_000_000
+    max_pdf_pages: int = 2000
+    #: Over max_pdf_pages (or the PDF text cap): keep the first part with a warning, instead of failing.
+    truncate: bool = False
+
+    @classmethod
+    def from_settings(cls, s: IngestSettings) -> ParseLimits:
+        return cls(
+            max_unpacked_bytes=s.max_unpacked_bytes,
+            max_archive_members=s.max_archive_members,
+            max_xml_elements=s.max_xml_elements,
+            max_pdf_pages=s.max_pdf_pages,
+            truncate=s.on_limit == "truncate",
+        )
+
+
+_DEFAULT_LIMITS = ParseLimits()
+
+Parser = Callable[[Path, str, ParseLimits], list[ParsedDocument]]
 
 _TEXT_SUFFIXES = {".txt", ".text", ".rst", ".log"}
 _MD_SUFFIXES = {".md", ".markdown"}
@@ -32,13 +68,13 @@ def supported_suffixes() -> set[str]:
     return _TEXT_SUFFIXES | _MD_SUFFIXES | _HTML_SUFFIXES | {".pdf", ".docx", ".jsonl"}
 
 
-def parse_file(path: Path, doc_id: str) -> list[ParsedDocument]:
+def parse_file(path: Path, doc_id: str, limits: ParseLimits | None = None) -> list[ParsedDocument]:
     """Parse one file. ``doc_id`` is the id for single-document formats (JSONL lines carry their own)."""
     suffix = path.suffix.lower()
     parser = _PARSERS.get(suffix)
     if parser is None:
         raise ParseError(f"unsupported file type {suffix or '(no extension)'}")
-    return parser(path, doc_id)
+    return parser(path, doc_id, limits or _DEFAULT_LIMITS)
 
 
 # -- plain text and markdown ---------------------------------------------------------
@@ -87,7 +123,7 @@ def _finish(
     ]
 
 
-def parse_text(path: Path, doc_id: str) -> list[ParsedDocument]:
+def parse_text(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
     text = _read_text(path)
     return _finish(doc_id, path, path.stem, [Section(text)])
 
@@ -95,7 +131,7 @@ def parse_text(path: Path, doc_id: str) -> list[ParsedDocument]:
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
-def parse_markdown(path: Path, doc_id: str) -> list[ParsedDocument]:
+def parse_markdown(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
     from markdown_it import MarkdownIt
 
     text = _read_text(path)
@@ -160,10 +196,19 @@ _HTML_INLINE = frozenset(
 )
 
 
-def parse_html(path: Path, doc_id: str) -> list[ParsedDocument]:
+_TAG_OPEN = re.compile(r"<[A-Za-z]")
+
+
+def parse_html(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
     from selectolax.lexbor import LexborHTMLParser
 
     text = _read_text(path)
+    # every element starts with "<" and a letter: an upper bound, counted before the DOM is built
+    tags = sum(1 for _ in _TAG_OPEN.finditer(text))
+    if tags > limits.max_xml_elements:
+        raise ParseError(
+            f"HTML has more than {limits.max_xml_elements} elements (limit ingest.max_xml_elements)"
+        )
     tree = LexborHTMLParser(text)
     for sel in ("script", "style", "noscript", "nav", "header", "footer", "template", "svg", "form"):
         for node in tree.css(sel):
@@ -240,57 +285,250 @@ def parse_html(path: Path, doc_id: str) -> list[ParsedDocument]:
 # -- PDF ---------------------------------------------------------------------------
 
 
-def parse_pdf(path: Path, doc_id: str) -> list[ParsedDocument]:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+_PDF_MAX_DEPTH = 64
+_PDF_INHERITED = ("/Resources", "/MediaBox", "/CropBox", "/Rotate")
 
+
+def _pdf_pages(reader: Any, max_pages: int) -> tuple[list[Any], bool]:
+    """The first ``max_pages`` pages of the page tree, and whether there are more.
+
+    pypdf's own walk visits a page once per reference to it, so a small file whose tree lists one
+    page 20,000 times (or nests /Pages nodes that list each other twice: 2^depth pages) becomes
+    that many pages. Here every object is visited once (a page has one parent), the walk stops
+    at the cap, and the number of nodes it may visit is bounded too.
+    """
+    from pypdf import PageObject
+    from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, NameObject
+
+    root = reader.trailer["/Root"].get_object()
+    top = root.get("/Pages")
+    if top is None:
+        raise ParseError("corrupt or unreadable PDF (no page tree)")
+    seen: set[tuple[int, int]] = set()
+    pages: list[Any] = []
+    budget = 4 * max_pages + 1000  # intermediate /Pages nodes included
+    stack: list[tuple[Any, dict[str, Any], int]] = [(top, {}, 0)]
+    while stack:
+        ref, inherit, depth = stack.pop()
+        if isinstance(ref, IndirectObject):
+            key = (ref.idnum, ref.generation)
+            if key in seen:
+                continue  # listed twice: counted once
+            seen.add(key)
+        node = ref.get_object()
+        if not isinstance(node, DictionaryObject) or not node:
+            continue
+        budget -= 1
+        if budget < 0 or depth > _PDF_MAX_DEPTH:
+            raise ParseError("corrupt or unreadable PDF (malformed page tree)")
+        kind = node.get("/Type")
+        kids = node.get("/Kids")
+        if kind == "/Pages" or (kind is None and kids is not None):
+            inherited = dict(inherit)
+            for attr in _PDF_INHERITED:
+                if attr in node:
+                    inherited[attr] = node[attr]
+            kids = kids.get_object() if kids is not None else None
+            if isinstance(kids, ArrayObject):
+                stack.extend((kid, inherited, depth + 1) for kid in reversed(kids))
+            continue
+        if len(pages) >= max_pages:
+            return pages, True
+        page = PageObject(reader, ref if isinstance(ref, IndirectObject) else None)
+        if not isinstance(ref, IndirectObject):
+            page.update(node)
+        for attr, value in inherit.items():
+            if attr not in page:
+                page[NameObject(attr)] = value
+        pages.append(page)
+    return pages, False
+
+
+def parse_pdf(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError
+
+    warnings: list[str] = []
+    cap = limits.max_unpacked_bytes
+    # no stream may inflate past the text cap (pypdf's own default is 75 MB per stream)
+    bound = min(75_000_000, cap)
     try:
-        reader = PdfReader(str(path))
-        if reader.is_encrypted:
-            try:
-                ok = reader.decrypt("")
-            except Exception as e:
-                raise ParseError(f"encrypted PDF ({e})") from e
-            if not ok:
-                raise ParseError("encrypted PDF (a password is required)")
-        meta_title = ""
-        try:
-            if reader.metadata and reader.metadata.title:
-                meta_title = str(reader.metadata.title)
-        except Exception:
+        with apply_configuration(
+            zlib_maximum_output_length=bound,
+            lzw_maximum_output_length=bound,
+            run_length_maximum_output_length=bound,
+            brotli_maximum_output_length=bound,
+            jbig2_maximum_output_length=bound,
+            array_based_stream_maximum_output_length=bound,
+        ):
+            reader = PdfReader(str(path))
+            if reader.is_encrypted:
+                try:
+                    ok = reader.decrypt("")
+                except Exception as e:
+                    log.info("PDF %s: decrypt failed: %r", path.name, e)
+                    raise ParseError("encrypted PDF (unsupported encryption)") from e
+                if not ok:
+                    raise ParseError("encrypted PDF (a password is required)")
             meta_title = ""
-        sections = []
-        for i, page in enumerate(reader.pages, start=1):
-            sections.append(Section(page.extract_text() or "", page=i))
+            try:
+                if reader.metadata and reader.metadata.title:
+                    meta_title = str(reader.metadata.title)
+            except Exception:
+                meta_title = ""
+            pages, more = _pdf_pages(reader, limits.max_pdf_pages)
+            if more:
+                over = f"PDF has more than {limits.max_pdf_pages} pages (limit ingest.max_pdf_pages)"
+                if not limits.truncate:
+                    raise ParseError(over)
+                warnings.append(f"{over}: only the first {limits.max_pdf_pages} were ingested")
+            sections = []
+            chars = 0
+            for i, page in enumerate(pages, start=1):
+                text = page.extract_text() or ""
+                chars += len(text)
+                if chars > cap:
+                    over = f"PDF text is larger than {cap} bytes (limit ingest.max_unpacked_bytes)"
+                    if not limits.truncate:
+                        raise ParseError(over)
+                    warnings.append(f"{over}: only the first {i - 1} pages were ingested")
+                    break
+                sections.append(Section(text, page=i))
     except ParseError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise ParseError(f"corrupt or unreadable PDF ({type(e).__name__}: {e})") from e
+    except LimitReachedError as e:
+        log.info("PDF %s over a pypdf limit: %s", path.name, e)
+        raise ParseError("PDF exceeds a parser limit (a stream or structure too large)") from e
+    except RecursionError as e:
+        raise ParseError("corrupt or unreadable PDF (nested too deeply)") from e
     except Exception as e:  # pypdf raises a wide range on malformed input
-        raise ParseError(f"corrupt or unreadable PDF ({type(e).__name__}: {e})") from e
+        log.info("PDF %s unreadable: %r", path.name, e)
+        raise ParseError("corrupt or unreadable PDF") from e
     if not any(s.text.strip() for s in sections):
         raise ParseError("PDF has no extractable text (scanned images need OCR)")
     title = meta_title
     if not title:
         first = next((s.text for s in sections if s.text.strip()), "")
         title = first.strip().split("\n", 1)[0][:200]
-    return _finish(doc_id, path, title, sections, pages=len(sections))
+    docs = _finish(doc_id, path, title, sections, pages=len(sections))
+    docs[0].warnings.extend(warnings)
+    return docs
 
 
 # -- DOCX --------------------------------------------------------------------------
 
 
-def parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
-    import docx
-    from docx.opc.exceptions import PackageNotFoundError
-    from docx.table import Table
+def _zip_declared_entries(path: Path) -> int | None:
+    """The member count in a zip's end-of-central-directory record (None: no such record).
+
+    Read before ``zipfile`` builds one object per member of the central directory."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        tail_len = min(size, 22 + 0xFFFF)
+        fh.seek(size - tail_len)
+        tail = fh.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    return int(struct.unpack("<H", tail[at + 10 : at + 12])[0])
+
+
+class _TooManyElements(Exception):
+    pass
+
+
+class _DoctypeRefused(Exception):
+    pass
+
+
+def check_archive(path: Path, limits: ParseLimits, kind: str = "DOCX") -> None:
+    """Refuse a zip package before anything in it is inflated: member count, the sum of the
+    members' declared sizes (zipfile never inflates a member past its declared size), then the
+    XML elements of every XML part, counted by a streaming parser that keeps no tree."""
+    from xml.parsers import expat
+
+    count = 0
+
+    def start(name: str, attrs: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limits.max_xml_elements:
+            raise _TooManyElements
+
+    def doctype(*_: Any) -> None:
+        raise _DoctypeRefused  # OOXML parts have none; a DTD only brings entities
 
     try:
-        document = docx.Document(str(path))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as e:
-        raise ParseError(f"corrupt or unreadable DOCX ({type(e).__name__})") from e
-    except Exception as e:
-        raise ParseError(f"corrupt or unreadable DOCX ({type(e).__name__}: {e})") from e
+        declared = _zip_declared_entries(path)
+        if declared is not None and declared >= min(limits.max_archive_members + 1, 0xFFFF):
+            raise ParseError(
+                f"{kind} holds more than {limits.max_archive_members} files "
+                "(limit ingest.max_archive_members)"
+            )
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits.max_archive_members:
+                raise ParseError(
+                    f"{kind} holds more than {limits.max_archive_members} files "
+                    "(limit ingest.max_archive_members)"
+                )
+            total = sum(i.file_size for i in infos)
+            if total > limits.max_unpacked_bytes:
+                raise ParseError(
+                    f"{kind} unpacks to {total} bytes, over the limit of {limits.max_unpacked_bytes} "
+                    "(ingest.max_unpacked_bytes)"
+                )
+            for info in infos:
+                if not info.filename.lower().endswith((".xml", ".rels")):
+                    continue
+                parser = expat.ParserCreate()
+                parser.StartElementHandler = start
+                parser.StartDoctypeDeclHandler = doctype
+                with zf.open(info) as fh:
+                    while block := fh.read(1 << 16):
+                        parser.Parse(block, False)
+                parser.Parse(b"", True)
+    except ParseError:
+        raise
+    except _TooManyElements:
+        raise ParseError(
+            f"{kind} has more than {limits.max_xml_elements} XML elements (limit ingest.max_xml_elements)"
+        ) from None
+    except Exception as e:  # BadZipFile, CRC errors, malformed XML (ExpatError), a DTD, ...
+        log.info("%s %s unreadable: %r", kind, path.name, e)
+        raise ParseError(f"corrupt or unreadable {kind}") from e
+
+
+def parse_docx(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
+    check_archive(path, limits)
+    try:
+        return _parse_docx(path, doc_id)
+    except ParseError:
+        raise
+    except Exception as e:  # PackageNotFoundError, BadZipFile, KeyError, XMLSyntaxError, ...
+        log.info("DOCX %s unreadable: %r", path.name, e)
+        raise ParseError("corrupt or unreadable DOCX") from e
+
+
+def _table_rows(table: Any) -> list[str]:
+    """One line per row, one entry per cell actually present. Not python-docx's ``row.cells``:
+    that repeats a cell once per grid column it spans (a hostile ``gridSpan`` of 10^9) and walks
+    up every vertically merged cell row by row."""
+    from docx.table import _Cell
+
+    rows = []
+    for tr in table._tbl.tr_lst:
+        cells = [_Cell(tc, table).text.strip() for tc in tr.tc_lst if tc.vMerge != "continue"]
+        rows.append(" | ".join(cells))
+    return rows
+
+
+def _parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
+    import docx
+    from docx.table import Table
+
+    document = docx.Document(str(path))
     title = document.core_properties.title or ""
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
@@ -304,8 +542,7 @@ def parse_docx(path: Path, doc_id: str) -> list[ParsedDocument]:
     # body paragraphs and tables in document order, so a table belongs to the section it sits in
     for block in document.iter_inner_content():
         if isinstance(block, Table):
-            rows = [" | ".join(c.text.strip() for c in row.cells) for row in block.rows]
-            buf.append("\n".join(rows))
+            buf.append("\n".join(_table_rows(block)))
             continue
         para = block
         text = para.text.strip()
@@ -377,7 +614,7 @@ def iter_jsonl(path: Path) -> Iterator[ParsedDocument | ParseError]:
             )
 
 
-def parse_jsonl(path: Path, doc_id: str) -> list[ParsedDocument]:
+def parse_jsonl(path: Path, doc_id: str, limits: ParseLimits = _DEFAULT_LIMITS) -> list[ParsedDocument]:
     docs = []
     for item in iter_jsonl(path):
         if isinstance(item, ParseError):

@@ -22,11 +22,11 @@ from typing import Any
 from ragline.collection import Collection
 from ragline.config import Settings
 from ragline.embed.base import Embedder
-from ragline.errors import ParseError
+from ragline.errors import IngestCancelled, ParseError
 from ragline.index.base import IndexPoint
-from ragline.ingest.chunking import Chunker, content_hash
+from ragline.ingest.chunking import Chunker, chunk_id_for, content_hash
 from ragline.ingest.dedup import NearDuplicateIndex
-from ragline.ingest.parsers import iter_jsonl, parse_file, supported_suffixes
+from ragline.ingest.parsers import ParseLimits, iter_jsonl, parse_file, supported_suffixes
 from ragline.ingest.registry import DocRecord, PendingChange
 from ragline.types import CORE_FIELDS, Chunk, FileFailure, IngestReport, ParsedDocument
 
@@ -45,6 +45,8 @@ PAYLOAD_VERSION = 2
 
 
 ProgressCallback = Callable[[Progress], None]
+#: Polled between documents and between embedding batches; True stops the run (IngestCancelled).
+StopCheck = Callable[[], bool]
 
 
 @dataclass(slots=True)
@@ -88,10 +90,18 @@ def _count_lines(path: Path) -> int:
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, embedder: Embedder, collection: Collection) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        collection: Collection,
+        should_stop: StopCheck | None = None,
+    ) -> None:
         self._settings = settings
         self._embedder = embedder
         self._col = collection
+        self._should_stop = should_stop
+        self._limits = ParseLimits.from_settings(settings.ingest)
         c = settings.chunking
         self._chunker = Chunker.from_settings(embedder, c)
         self._fingerprint = hashlib.sha256(
@@ -164,7 +174,7 @@ class Ingestor:
                             item.metadata = {**metadata, **item.metadata}
                             yield item
                     continue
-                for doc in parse_file(f, doc_id):
+                for doc in parse_file(f, doc_id, self._limits):
                     doc.metadata = {**metadata, **doc.metadata}
                     yield doc
             except ParseError as e:
@@ -174,7 +184,7 @@ class Ingestor:
             except IsADirectoryError:
                 report.failed.append(FileFailure(str(f), "is a directory"))
             except OSError as e:
-                report.failed.append(FileFailure(str(f), f"cannot read: {e.strerror or e}"))
+                report.failed.append(FileFailure(str(f), f"cannot read: {e.strerror or 'I/O error'}"))
 
     # -- the main loop -----------------------------------------------------------------------
 
@@ -198,6 +208,7 @@ class Ingestor:
                 progress(Progress(done, max(total, done), report.chunks, time.perf_counter() - start))
 
         for doc in docs:
+            self._check_stop()
             if any(p.record.doc_id == doc.doc_id for p in group):
                 # The same id twice in one run: commit the first, so that the second replaces it
                 # (prepared against the same old version, the first one's chunks would be orphaned).
@@ -233,8 +244,13 @@ class Ingestor:
         version = hashlib.sha256(
             f"{chash}|{json.dumps(doc.metadata, sort_keys=True, default=str)}|{self._fingerprint}".encode()
         ).hexdigest()[:20]
+        max_chunks = self._settings.ingest.max_chunks_per_document
+        # a document cut at the cap is stored under its own version: raising the cap re-ingests it
+        cut_version = hashlib.sha256(f"{version}|first {max_chunks} chunks".encode()).hexdigest()[:20]
+        for warning in doc.warnings:
+            report.warnings.append(FileFailure(doc.source, warning))
         existing = self._col.registry.get(doc.doc_id)
-        if existing is not None and existing.version == version:
+        if existing is not None and existing.version in (version, cut_version):
             report.unchanged += 1
             return None
         dup_of = seen_hashes.get(chash) or self._col.registry.find_by_hash(chash)
@@ -247,11 +263,23 @@ class Ingestor:
             if self._near.find(sig, exclude=doc.doc_id) is not None:
                 report.near_duplicates += 1
                 return None
-        seen_hashes[chash] = doc.doc_id
-        chunks = self._chunker.chunk(doc, version)
+        chunks = self._chunker.chunk(doc, version, max_chunks=max_chunks)
         if not chunks:
             report.failed.append(FileFailure(doc.source, "no text left after cleaning"))
             return None
+        if len(chunks) > max_chunks:
+            over = f"document has more than {max_chunks} chunks (limit ingest.max_chunks_per_document)"
+            if self._settings.ingest.on_limit != "truncate":
+                report.failed.append(FileFailure(doc.source, over))
+                return None
+            report.warnings.append(
+                FileFailure(doc.source, f"{over}: only the first {max_chunks} were ingested")
+            )
+            version = cut_version
+            chunks = chunks[:max_chunks]
+            for ch in chunks:
+                ch.chunk_id = chunk_id_for(doc.doc_id, version, ch.index)
+        seen_hashes[chash] = doc.doc_id
         now = datetime.now(UTC).isoformat()
         for ch in chunks:
             payload: dict[str, Any] = {k: v for k, v in doc.metadata.items() if k not in CORE_FIELDS}
@@ -288,16 +316,31 @@ class Ingestor:
             self._near.add(doc.doc_id, sig)
         return _Prepared(record, chunks, existing.chunk_ids if existing else [], existing is not None)
 
+    def _check_stop(self) -> None:
+        if self._should_stop is not None and self._should_stop():
+            raise IngestCancelled("ingestion cancelled")
+
     def _write_group(self, group: list[_Prepared], report: IngestReport) -> None:
         chunks = [c for p in group for c in p.chunks]
         title_weight = self._settings.chunking.lexical_title_weight
-        vectors = self._embedder.embed_documents([c.embedding_text() for c in chunks])
-        points = [
-            IndexPoint(
-                id=c.chunk_id, dense=vectors[i], lexical_text=c.lexical_text(title_weight), payload=c.metadata
+        batch = self._settings.ingest.upsert_batch
+        # one embedding call per upsert batch, not per group: a large document is embedded (and
+        # can be cancelled) a bounded batch at a time
+        points: list[IndexPoint] = []
+        for i in range(0, len(chunks), batch):
+            self._check_stop()
+            part = chunks[i : i + batch]
+            vectors = self._embedder.embed_documents([c.embedding_text() for c in part])
+            points.extend(
+                IndexPoint(
+                    id=c.chunk_id,
+                    dense=vectors[j],
+                    lexical_text=c.lexical_text(title_weight),
+                    payload=c.metadata,
+                )
+                for j, c in enumerate(part)
             )
-            for i, c in enumerate(chunks)
-        ]
+        self._check_stop()  # the last chance before the journal: nothing of this group is written yet
         changes = [PendingChange(p.record.doc_id, p.record, p.record.chunk_ids, p.old_ids) for p in group]
         col = self._col
         with col.write_lock:
@@ -305,7 +348,6 @@ class Ingestor:
                 if key not in ("text", "window", "version", "content_hash", "title", "section", "n_tokens"):
                     col.index.ensure_payload_index(key, value)
             col.registry.begin(changes)
-            batch = self._settings.ingest.upsert_batch
             for i in range(0, len(points), batch):
                 col.index.upsert(points[i : i + batch])
             col.index.flush()

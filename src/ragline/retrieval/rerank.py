@@ -15,6 +15,7 @@ project's machines; the code paths are tested with a small ONNX graph and a loca
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,11 +29,15 @@ from tokenizers import Tokenizer
 from ragline.config import RerankSettings
 from ragline.embed.factory import onnx_dir_paths
 from ragline.errors import ModelLoadError, RaglineError
+from ragline.gateway.errors import redact
 from ragline.optional import require
 from ragline.types import Hit
 
 if TYPE_CHECKING:
     import httpx
+
+
+log = logging.getLogger(__name__)
 
 
 class RerankError(RaglineError):
@@ -123,16 +128,20 @@ class RemoteReranker:
         try:
             resp = self._client.post(self._url, json=body)
         except self._http_error as e:
-            raise RerankError(f"rerank API {self._url} unreachable: {e}") from e
+            # the URL and the transport's error go to the log only: errors reach API clients
+            log.warning("rerank API %s unreachable: %s", redact(self._url), type(e).__name__)
+            raise RerankError("rerank API unreachable") from e
         if resp.status_code != 200:
-            raise RerankError(f"rerank API {self._url} answered {resp.status_code}: {resp.text[:200]}")
+            log.warning("rerank API %s answered %s: %s", redact(self._url), resp.status_code, resp.text[:200])
+            raise RerankError(f"rerank API answered HTTP {resp.status_code}")
         try:
             results = resp.json()["results"]
             scores = [float("-inf")] * len(hits)
             for r in results:
                 scores[int(r["index"])] = float(r["relevance_score"])
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise RerankError(f"rerank API {self._url} sent an unexpected body: {resp.text[:200]}") from e
+            log.warning("rerank API %s sent an unexpected body: %s", redact(self._url), resp.text[:200])
+            raise RerankError("rerank API sent an unexpected body") from e
         return _reordered(hits, scores, top_k)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,15 +16,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import Receive
 
 from ragline.engine import Engine
 from ragline.errors import (
+    CollectionBusy,
     CollectionNotFound,
+    CollectionUnavailable,
     ConfigError,
     ContextLengthExceeded,
     DocumentNotFound,
     InvalidFilter,
     InvalidRequest,
+    LimitExceeded,
     RaglineError,
 )
 from ragline.gateway import build_router as build_gateway
@@ -33,9 +38,10 @@ from ragline.observability.metrics import REGISTRY
 from ragline.server import model_threads
 from ragline.server.body_limit import BodyLimitMiddleware
 from ragline.server.completions import CompletionService
-from ragline.server.errors import APIError, BadRequest, ModelNotFound
+from ragline.server.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, cancel_on_disconnect
+from ragline.server.errors import APIError, BadRequest, ModelNotFound, PayloadTooLarge, TooManyRequests
 from ragline.server.fastpath import GatewayFastPath
-from ragline.server.jobs import JobStore
+from ragline.server.jobs import JobRefused, JobStore
 from ragline.server.knowledge import build_router
 from ragline.server.metrics_mw import MetricsMiddleware, observe_usage
 from ragline.server.protocol import (
@@ -48,6 +54,7 @@ from ragline.server.protocol import (
 from ragline.server.serving import ChatService, EmbeddingService
 
 EMBEDDING_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+log = logging.getLogger("ragline.server")
 
 
 class State:
@@ -66,13 +73,26 @@ class State:
             max_wait_ms=s.embedding_batch_max_wait_ms,
         )
         self.completions = CompletionService(engine, local_model)
-        self.jobs = JobStore()
+        self.jobs = JobStore(
+            max_running_ingest=s.max_running_ingest_jobs,
+            max_running_async=s.max_running_async_jobs,
+            max_queued=s.max_queued_jobs,
+            max_per_owner=s.max_jobs_per_key,
+            max_result_bytes=s.max_job_bytes,
+            timeout_s=s.job_timeout_s,
+            ttl_s=s.job_ttl_s,
+            keep=s.max_finished_jobs,
+        )
         self.ready = False
 
 
 def _error(
     status: int, message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
+    # a message may quote the client's input: unpaired surrogates in it must not break the encoding
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if param is not None:
+        param = param.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(error_body(message, type_, param, code), status_code=status)
 
 
@@ -97,6 +117,7 @@ def create_app(
         await state.gateway.start()
         yield
         await state.gateway.aclose()
+        await asyncio.to_thread(state.jobs.close)  # cancel the jobs; running ingestions stop at a batch
         if not loader.done():
             loader.cancel()
         await state.embeddings.batcher.close()
@@ -110,7 +131,10 @@ def create_app(
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
-        return _error(e.status, e.message, e.type, e.param, e.code)
+        resp = _error(e.status, e.message, e.type, e.param, e.code)
+        if isinstance(e, TooManyRequests):
+            resp.headers["Retry-After"] = str(max(1, round(e.retry_after)))
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -133,6 +157,10 @@ def create_app(
     async def _ragline(_: Request, e: RaglineError) -> JSONResponse:
         return _ragline_error(e)
 
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, e: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it: for metrics and the log
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         # a bug: still an OpenAI-shaped body (the traceback goes to the server log)
@@ -140,7 +168,9 @@ def create_app(
 
     # pure ASGI middleware (the last added runs first): metrics see every request, 413s included;
     # gateway chat completions are served innermost, past FastAPI's routing (see fastpath.py)
-    app.add_middleware(GatewayFastPath, gateway=lambda: state.gateway, handler=lambda r, h: serve_chat(r, h))
+    app.add_middleware(
+        GatewayFastPath, gateway=lambda: state.gateway, handler=lambda r, h, rcv: serve_chat(r, h, rcv)
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, templates=lambda: _route_templates(app))
 
@@ -171,42 +201,58 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
-        return await chat_response(req, request.headers)
+        return await chat_response(req, request.headers, request.receive)
 
-    async def chat_response(req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+    async def chat_response(
+        req: ChatCompletionRequest, headers: Mapping[str, str], receive: Receive
+    ) -> Response:
         if not req.stream:
             # a Response, not a dict: FastAPI's jsonable_encoder walk was a quarter of a proxied request's CPU
-            return _json(await _observed(req.model, state.chat.complete(req, headers)))
+            call = _observed(req.model, state.chat.complete(req, headers))
+            return _json(await cancel_on_disconnect(receive, call))
         wants_usage = _force_usage(req)
         return await _streaming(req.model, state.chat.stream(req, headers), wants_usage)
 
-    async def serve_chat(req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+    async def serve_chat(
+        req: ChatCompletionRequest, headers: Mapping[str, str], receive: Receive
+    ) -> Response:
         """The route's work for the fast path, errors shaped as the exception handlers shape them."""
         try:
-            return await chat_response(req, headers)
+            return await chat_response(req, headers, receive)
         except APIError as e:
             return _error(e.status, e.message, e.type, e.param, e.code)
         except RaglineError as e:
             return _ragline_error(e)
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> Response | dict[str, Any]:
+    async def completions(req: CompletionRequest, request: Request) -> Response | dict[str, Any]:
         if not req.stream:
-            return await _observed(req.model, state.completions.complete(req))
+            return await cancel_on_disconnect(
+                request.receive, _observed(req.model, state.completions.complete(req))
+            )
         wants_usage = _force_usage(req)
         return await _streaming(req.model, state.completions.stream(req), wants_usage)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
-        return await _observed(req.model, state.embeddings.embed(req))
+    @app.post("/v1/embeddings", response_model=None)
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
+        # the vectors are pre-encoded (off the event loop for large requests): a Response, not a dict
+        return _json(
+            await cancel_on_disconnect(request.receive, _observed(req.model, state.embeddings.embed(req)))
+        )
 
     @app.post("/v1/async/chat/completions", status_code=202)
-    async def async_chat(req: ChatCompletionRequest) -> dict[str, Any]:
+    async def async_chat(req: ChatCompletionRequest, request: Request) -> dict[str, Any]:
         """Submit a chat completion as a job; poll ``GET /v1/jobs/{id}``, its result is the completion."""
+        limit = engine.settings.server.max_job_bytes
+        if len(await request.body()) > limit:  # a job keeps its request until it runs
+            raise PayloadTooLarge(f"an async job's body is limited to {limit} bytes (server.max_job_bytes)")
         if req.stream:
             raise BadRequest("async jobs do not stream; poll GET /v1/jobs/{id}", param="stream")
         if req.model not in await asyncio.to_thread(state.chat.models):
             raise ModelNotFound(req.model)
+        state.chat.check(req)  # the limits, before the job is accepted
 
         async def work() -> dict[str, Any]:
             stats = RequestStats()
@@ -215,7 +261,10 @@ def create_app(
             observe_usage(req.model, stats.deployment, body.get("usage"))
             return body
 
-        return state.jobs.submit_async("chat.completion", work).to_dict()
+        try:
+            return state.jobs.submit_async("chat.completion", work).to_dict()
+        except JobRefused as e:
+            raise TooManyRequests(e.message, retry_after=e.retry_after, code=e.code) from None
 
     app.include_router(build_router(engine, state.jobs, max_body_bytes))
     return app
@@ -231,7 +280,22 @@ def _ragline_error(e: RaglineError) -> JSONResponse:
         return _error(400, str(e), "invalid_request_error", code="context_length_exceeded")
     if isinstance(e, InvalidFilter | ConfigError | InvalidRequest):
         return _error(400, str(e), "invalid_request_error")
-    return _error(500, str(e), "server_error")
+    if isinstance(e, CollectionBusy):
+        return _error(409, str(e), "invalid_request_error", code="collection_busy")
+    if isinstance(e, LimitExceeded):
+        return _error(403, str(e), "invalid_request_error", code="limit_exceeded")
+    if isinstance(e, CollectionUnavailable):
+        resp = _error(503, str(e), "service_unavailable", code="collection_unavailable")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    return _error(500, _internal(e), "server_error")
+
+
+def _internal(e: BaseException) -> str:
+    """The client's message for a failure inside the server: no paths, addresses or exception
+    names (they go to the log)."""
+    log.error("request failed: %s", e, exc_info=e)
+    return "internal error: the server could not complete the request (see the server log)"
 
 
 def _field(loc: Any) -> str:
@@ -321,7 +385,7 @@ async def _streaming(model: str, gen: AsyncIterator[dict[str, Any]], wants_usage
         except APIError as e:
             yield _sse(error_body(e.message, e.type, e.param, e.code))
         except RaglineError as e:
-            yield _sse(error_body(str(e), "server_error"))
+            yield _sse(error_body(_internal(e), "server_error"))
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -2,7 +2,9 @@
 
 Testable without HTTP, like serving.py: validated request in, OpenAI-shaped
 ``text_completion`` dicts out. The model runs on the LLM worker threads;
-streaming bridges llama.cpp's token callback to an asyncio queue.
+streaming bridges llama.cpp's token callback to an asyncio queue, and a non-streamed
+generation whose caller went away stops at its next token. The prompt (estimated tokens,
+``server.max_prompt_tokens``) and ``max_tokens`` (the model's context) are bounded.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ragline.answer.llm import Completion
-from ragline.answer.tokens import DONE, TokenBridge
+from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import ContextLengthExceeded
+from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import upstream
 from ragline.server.errors import BadRequest, ModelNotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import CompletionRequest
+from ragline.server.serving import check_max_tokens
 
 LOCAL_DEPLOYMENT = "local"
 
@@ -49,6 +53,16 @@ class CompletionService:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise BadRequest("token-id prompts are not supported; send a string", param="prompt")
+        limit = self._engine.settings.server.max_prompt_tokens
+        tokens = -(-len(prompt) // CHARS_PER_TOKEN)
+        if tokens > limit:
+            raise BadRequest(
+                f"the prompt holds about {tokens} tokens ({len(prompt)} characters / {CHARS_PER_TOKEN}); "
+                f"at most {limit} prompt tokens per request (server.max_prompt_tokens)",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        check_max_tokens(self._engine, req.model, req.max_tokens)
         return prompt
 
     def _generate(self, req: CompletionRequest, prompt: str, on_token: Any) -> Completion:
@@ -73,7 +87,8 @@ class CompletionService:
 
     async def complete(self, req: CompletionRequest) -> dict[str, Any]:
         prompt = self._validate(req)
-        c = await run_model(self._engine, self._generate, req, prompt, None)
+        with stop_when_abandoned() as on_token:  # the client went away: the generation stops
+            c = await run_model(self._engine, self._generate, req, prompt, on_token)
         text = prompt + c.text if req.echo else c.text
         return {
             **self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req),

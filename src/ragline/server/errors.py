@@ -39,6 +39,23 @@ class PayloadTooLarge(APIError):
     status = 413
 
 
+class Conflict(APIError):
+    status = 409
+
+
+class TooManyRequests(APIError):
+    """429 with a Retry-After header (a queue or a per-key cap is full)."""
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(
+        self, message: str, *, retry_after: float, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(APIError):
     status = 503
     type = "service_unavailable"

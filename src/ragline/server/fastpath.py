@@ -31,8 +31,9 @@ from ragline.server.protocol import ChatCompletionRequest
 
 PATH = "/v1/chat/completions"
 
-#: Serves a validated request: (request, headers) -> the response (errors already rendered).
-Handler = Callable[[ChatCompletionRequest, Mapping[str, str]], Awaitable[Response]]
+#: Serves a validated request: (request, headers, receive) -> the response (errors already
+#: rendered); ``receive`` tells a non-streamed call that its client went away.
+Handler = Callable[[ChatCompletionRequest, Mapping[str, str], Receive], Awaitable[Response]]
 
 
 class GatewayFastPath:
@@ -54,7 +55,7 @@ class GatewayFastPath:
         if req is None:
             await self.app(scope, _replay(body, more, receive), send)
             return
-        response = await self._handler(req, Headers(scope=scope))
+        response = await self._handler(req, Headers(scope=scope), receive)
         if isinstance(response, StreamingResponse):
             await _stream(response, receive, send)
         else:
@@ -91,7 +92,7 @@ def _gateway_request(gateway: Router, body: bytes) -> ChatCompletionRequest | No
     """The validated request when it is one the fast path serves, else None (FastAPI answers it)."""
     try:
         data: Any = codec.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nobody could pass on: FastAPI's 400
         return None
     if not isinstance(data, dict):
         return None

@@ -7,7 +7,8 @@ here, in one place:
 
 - every deployment down, open or failed -> 503 ``service_unavailable``
 - the request's deadline passed -> 504
-- an upstream's 4xx (429 included) -> the same status, with the upstream's message
+- an upstream's 4xx (429 included) -> the same status, with the upstream's message, except
+  401/403/407 (the gateway's own credentials were refused) -> 502 naming the deployment only
 - a stream broken after tokens were sent -> an error event at the end of the stream
 """
 
@@ -28,6 +29,8 @@ from ragline.server.errors import APIError, BadRequest, GatewayTimeout, ServiceU
 from ragline.server.protocol import ChatCompletionRequest
 
 _NO_HEADERS: Mapping[str, str] = {}
+#: Upstream statuses that say the gateway's credentials were refused.
+_CREDENTIALS = frozenset({401, 403, 407})
 
 
 def request_body(req: ChatCompletionRequest) -> dict[str, Any]:
@@ -64,13 +67,17 @@ async def stream(
 
 
 def api_error(e: GatewayError) -> APIError:
+    """The client's error for a gateway error: the deployment and the kind of failure, never the
+    upstream's address or the transport's words (those are in the log)."""
     if isinstance(e, UpstreamStatusError):
+        if e.status in _CREDENTIALS or e.status >= 500:
+            # the gateway's own key was refused, or the upstream broke: not the client's to read
+            return UpstreamFailed(502, str(e), type_="server_error", code="upstream_error")
         message = e.message
         if e.status == 429 and e.retry_after is not None:
             message = f"{message} (retry after {e.retry_after:g} s)"
         type_ = "rate_limit_error" if e.status == 429 and e.type == "invalid_request_error" else e.type
-        status = e.status if e.status < 500 else 502
-        return UpstreamFailed(status, message, type_=type_, param=e.param, code=e.code)
+        return UpstreamFailed(e.status, message, type_=type_, param=e.param, code=e.code)
     if isinstance(e, DeadlineExceeded):
         return GatewayTimeout(str(e), code="deadline_exceeded")
     if isinstance(e, NoDeploymentAvailable):

@@ -1,46 +1,32 @@
-"""Knowledge endpoints: collections, documents (upload as jobs), search."""
+"""Knowledge endpoints: collections, documents, search (uploads and jobs: server/uploads.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ragline.collection import validate_name
 from ragline.engine import Engine
-from ragline.ingest.cleaning import clean_text
-from ragline.ingest.parsers import parse_file, supported_suffixes
-from ragline.server.errors import BadRequest, NotFound, PayloadTooLarge
+from ragline.ingest.ids import normalize_id
+from ragline.server.errors import BadRequest, NotFound
 from ragline.server.jobs import JobStore
 from ragline.server.protocol import Text
-from ragline.types import ParsedDocument, Section
+from ragline.server.serving import check_filters, check_query
+from ragline.server.uploads import build_upload_router
 
 
 class CreateCollection(BaseModel):
     name: str = Field(min_length=1, max_length=64)
 
 
-class TextDocument(BaseModel):
-    id: Text = Field(min_length=1, max_length=512)
-    text: Text = Field(min_length=1)
-    title: Text = ""
-    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-class UploadDocuments(BaseModel):
-    documents: list[TextDocument] = Field(min_length=1)
-
-
 class SearchRequest(BaseModel):
     query: Text = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=1000)
     mode: Literal["hybrid", "dense", "bm25"] | None = None
-    filters: list[str] | None = None
+    filters: list[Text] | None = None
 
 
 def _collection_exists(engine: Engine, name: str) -> str:
@@ -84,76 +70,27 @@ def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRo
     @r.delete("/collections/{name}/documents/{doc_id:path}")
     async def delete_document(name: str, doc_id: str) -> dict[str, Any]:
         _collection_exists(engine, name)
-        rec = await asyncio.to_thread(engine.delete, doc_id, collection=name)
+        try:  # at most a path's length: ids of files ingested by the CLI are their paths
+            wanted = normalize_id(doc_id, what="doc_id", max_chars=4096)
+        except ValueError as e:
+            raise BadRequest(str(e), param="doc_id") from None
+        if wanted != doc_id and await asyncio.to_thread(engine.document, wanted, collection=name) is None:
+            wanted = doc_id  # stored before ids were normalised
+        rec = await asyncio.to_thread(engine.delete, wanted, collection=name)
         return {"id": rec.doc_id, "object": "document", "deleted": True, "chunks": rec.n_chunks}
-
-    @r.post("/collections/{name}/documents", status_code=202)
-    async def upload_documents(name: str, body: UploadDocuments) -> dict[str, Any]:
-        validate_name(name)
-        docs = [
-            ParsedDocument(
-                doc_id=d.id,
-                source=f"api:{d.id}",
-                title=clean_text(d.title),
-                sections=[Section(clean_text(d.text))],
-                metadata=dict(d.metadata),
-            )
-            for d in body.documents
-        ]
-        job = jobs.submit(
-            "ingest",
-            lambda progress: engine.ingest_documents(
-                docs, collection=name, progress=progress, total=len(docs)
-            ).to_dict(),
-        )
-        return job.to_dict()
-
-    @r.post("/collections/{name}/files", status_code=202)
-    async def upload_file(
-        name: str, file: Annotated[UploadFile, File()], doc_id: Annotated[str | None, Form()] = None
-    ) -> dict[str, Any]:
-        """Upload one file (any supported format); its id is ``doc_id`` or the file name."""
-        validate_name(name)
-        filename = Path(file.filename or "").name  # never a path from the client
-        if not filename or filename.startswith("."):
-            raise BadRequest("invalid file name", param="file")
-        if Path(filename).suffix.lower() not in supported_suffixes():
-            raise BadRequest(f"unsupported file type {Path(filename).suffix or '(none)'}", param="file")
-        limit = min(max_upload_bytes, engine.settings.ingest.max_file_bytes)
-        tmpdir = Path(tempfile.mkdtemp(prefix="ragline-upload-"))
-        target = tmpdir / filename
-        size = 0
-        with target.open("wb") as fh:
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    shutil.rmtree(tmpdir, ignore_errors=True)
-                    raise PayloadTooLarge(f"file exceeds {limit} bytes", param="file")
-                fh.write(chunk)
-        ident = doc_id or filename
-
-        def work(progress: Any) -> dict[str, Any]:
-            try:
-                docs = parse_file(target, ident)
-                for d in docs:
-                    d.source = filename if d.doc_id == ident else d.source.replace(str(target), filename)
-                report = engine.ingest_documents(docs, collection=name, progress=progress, total=len(docs))
-                return report.to_dict()
-            finally:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-
-        return jobs.submit("ingest", work).to_dict()
-
-    @r.get("/jobs/{job_id}")
-    async def get_job(job_id: str) -> dict[str, Any]:
-        job = jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r}", param="job_id")
-        return job.to_dict()
 
     @r.post("/collections/{name}/search")
     async def search(name: str, body: SearchRequest) -> dict[str, Any]:
         _collection_exists(engine, name)
+        max_top_k = engine.settings.server.max_search_top_k
+        if body.top_k > max_top_k:
+            raise BadRequest(
+                f"top_k {body.top_k} is more than {max_top_k} (server.max_search_top_k)",
+                param="top_k",
+                code="top_k_too_large",
+            )
+        check_query(engine, body.query, "query")
+        check_filters(engine, body.filters, "filters")
         hits = await asyncio.to_thread(
             engine.search, body.query, collection=name, top_k=body.top_k, mode=body.mode, filters=body.filters
         )
@@ -172,4 +109,5 @@ def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRo
             ],
         }
 
+    r.include_router(build_upload_router(engine, jobs, max_upload_bytes))
     return r

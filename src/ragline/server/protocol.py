@@ -6,9 +6,11 @@ their shapes follow OpenAI's chat.completion / chat.completion.chunk / embedding
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ragline.gateway.codec import check_text
 
 #: What the model runtime can represent (llama.cpp: a 32-bit token count, a 64-bit seed).
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -28,14 +30,28 @@ def _utf8(v: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
-class ContentPart(BaseModel):
+class _PassThrough(BaseModel):
+    """A model whose unknown fields are kept (and sent on to gateway upstreams): they must be
+    encodable, i.e. no unpaired surrogates and no absurd nesting, or encoding them later fails."""
+
     model_config = ConfigDict(extra="allow")
-    type: str
+
+    @model_validator(mode="after")
+    def _extra_is_sendable(self) -> Self:
+        extra = self.__pydantic_extra__
+        if extra:
+            problem = check_text(extra)
+            if problem is not None:
+                raise ValueError(problem)
+        return self
+
+
+class ContentPart(_PassThrough):
+    type: Text
     text: Text | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ChatMessage(_PassThrough):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ContentPart] | None = None
 
@@ -54,25 +70,25 @@ class StreamOptions(BaseModel):
 class RagOptions(BaseModel):
     """ragline extension (send with the SDK's ``extra_body={"rag": {...}}``)."""
 
-    collection: str | None = None
+    collection: Text | None = None
     top_k: int | None = Field(None, ge=1, le=50)
     mode: Literal["generate", "extractive"] | None = None
-    filters: list[str] | None = None
+    filters: list[Text] | None = None
 
 
-class _GenerationRequest(BaseModel):
+class _GenerationRequest(_PassThrough):
     """Fields and checks the chat and the legacy completions request share."""
 
-    model_config = ConfigDict(extra="allow")  # unknown fields pass through (gateway) or are ignored
+    # unknown fields pass through (gateway) or are ignored
 
-    model: str = Field(min_length=1)
+    model: Text = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    user: str | None = None
+    user: Text | None = None
 
     @field_validator("stop")
     @classmethod
@@ -142,14 +158,12 @@ class CompletionRequest(_GenerationRequest):
         return v
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
+class EmbeddingRequest(_PassThrough):
+    model: Text = Field(min_length=1)
     input: Text | list[Text] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    user: str | None = None
+    user: Text | None = None
 
 
 class ErrorDetail(BaseModel):

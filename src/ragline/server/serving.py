@@ -2,7 +2,12 @@
 
 Testable without HTTP. Every model call runs in a worker thread (llama.cpp and
 onnxruntime release the GIL), never on the event loop; streaming bridges the
-model's token callback to an asyncio queue.
+model's token callback to an asyncio queue, and a non-streamed generation whose
+caller went away stops at its next token (``answer/tokens.py``).
+
+Every request is bounded before it costs work (``server.*`` limits, see ``check``
+and ``EmbeddingService.embed``): a request past a limit is refused with a 400 that
+names the setting.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ragline.answer.llm import Completion
-from ragline.answer.tokens import DONE, TokenBridge
+from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, RaglineError
 from ragline.gateway import Router
+from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
 from ragline.server.batching import DynamicBatcher
@@ -39,6 +46,38 @@ def _now() -> int:
 
 def _chat_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def check_max_tokens(engine: Engine, model: str, max_tokens: int | None) -> None:
+    """A completion budget the embedded model can hold: at most its context (``llm.n_ctx``)."""
+    n_ctx = engine.settings.llm.n_ctx
+    if max_tokens is not None and max_tokens > n_ctx:
+        raise BadRequest(
+            f"max_tokens {max_tokens} is more than the context of model '{model}' "
+            f"({n_ctx} tokens, llm.n_ctx)",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
+
+
+def check_filters(engine: Engine, filters: list[str] | None, param: str) -> None:
+    limit = engine.settings.server.max_filters
+    if filters is not None and len(filters) > limit:
+        raise BadRequest(
+            f"{len(filters)} filters; at most {limit} per request (server.max_filters)",
+            param=param,
+            code="too_many_filters",
+        )
+
+
+def check_query(engine: Engine, query: str, param: str) -> None:
+    limit = engine.settings.server.max_query_chars
+    if len(query) > limit:
+        raise BadRequest(
+            f"the query has {len(query)} characters; at most {limit} (server.max_query_chars)",
+            param=param,
+            code="query_too_long",
+        )
 
 
 def _map_llm_error(e: RaglineError) -> Exception:
@@ -77,25 +116,61 @@ class ChatService:
             return req.rag.collection or self._engine.settings.default_collection
         return None
 
-    @staticmethod
-    def _question(req: ChatCompletionRequest) -> str:
+    def _question(self, req: ChatCompletionRequest) -> str:
+        """The RAG question (the last user message with text), within the query limits."""
         for m in reversed(req.messages):
             if m.role == "user" and m.text().strip():
-                return m.text()
-        raise BadRequest("RAG needs a user message with text", param="messages")
+                question = m.text()
+                break
+        else:
+            raise BadRequest("RAG needs a user message with text", param="messages")
+        check_query(self._engine, question, "messages")
+        if req.rag is not None:
+            check_filters(self._engine, req.rag.filters, "rag.filters")
+        return question
+
+    def check(self, req: ChatCompletionRequest) -> None:
+        """Refuse a request past the server's limits (400 naming the setting), before any work.
+
+        Every model: messages per request and estimated prompt tokens (characters / 4). The
+        embedded model and ``rag/`` collections also: ``max_tokens`` within the model's context
+        (the RAG question's length and filters are checked with the question, ``_question``).
+        """
+        limits = self._engine.settings.server
+        if len(req.messages) > limits.max_messages:
+            raise BadRequest(
+                f"{len(req.messages)} messages; at most {limits.max_messages} per request "
+                "(server.max_messages)",
+                param="messages",
+                code="too_many_messages",
+            )
+        chars = sum(len(m.text()) for m in req.messages)
+        tokens = -(-chars // CHARS_PER_TOKEN)
+        if tokens > limits.max_prompt_tokens:
+            raise BadRequest(
+                f"the messages hold about {tokens} tokens ({chars} characters / {CHARS_PER_TOKEN}); at most "
+                f"{limits.max_prompt_tokens} prompt tokens per request (server.max_prompt_tokens)",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
+            check_max_tokens(self._engine, req.model, req.max_completion_tokens or req.max_tokens)
+        # a gateway model's upstream knows its own context; unknown names are a 404 later
 
     # -- non-streaming -------------------------------------------------------------------
 
     async def complete(
         self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
+        self.check(req)
         if (router := self._routed(req)) is not None:
             return await routed.complete(router, req, headers)
         collection = self._resolve(req)
-        if collection is not None:
-            answer = await self._answer(req, collection, None)
-            return self._rag_response(req, answer)
-        completion = await run_model(self._engine, self._chat, req, None)
+        with stop_when_abandoned() as on_token:  # the client went away: the generation stops
+            if collection is not None:
+                answer = await self._answer(req, collection, on_token)
+                return self._rag_response(req, answer)
+            completion = await run_model(self._engine, self._chat, req, on_token)
         return {
             "id": _chat_id(),
             "object": "chat.completion",
@@ -179,6 +254,7 @@ class ChatService:
         self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield chat.completion.chunk dicts; validation errors raise before the first yield."""
+        self.check(req)
         if (router := self._routed(req)) is not None:
             async with contextlib.aclosing(routed.stream(router, req, headers)) as chunks:
                 async for part in chunks:
@@ -250,14 +326,35 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 class EmbeddingService:
+    """``/v1/embeddings``: inputs bounded, embedded through the dynamic batcher, the response
+    encoded off the event loop.
+
+    Limits (``server.*``): ``max_embedding_inputs`` strings per request, each at most
+    ``max_embedding_input_chars`` characters, and ``max_embedding_tokens`` tokens in all, each
+    input counted as the model reads it (its word pieces plus two, at most ``embedder.max_tokens``).
+    A request's inputs share model calls with others' in batches of at most
+    ``embedding_batch_max_size`` inputs and ``embedding_batch_max_tokens`` estimated tokens, taken
+    in turn, so a large request never holds the model for a small one for more than a batch.
+    """
+
     def __init__(
         self, engine: Engine, model_names: set[str], *, max_batch_size: int = 64, max_wait_ms: float = 2.0
     ) -> None:
         self._engine = engine
         self.model_names = model_names
+        cap = engine.settings.embedder.max_tokens
+
+        def estimated_tokens(text: str) -> int:  # what the model reads of it, roughly
+            return min(len(text) // CHARS_PER_TOKEN + 2, cap)
+
         # concurrent requests share one model call (dynamic batching), off the event loop
         self.batcher: DynamicBatcher[tuple[Any, int]] = DynamicBatcher(
-            self._embed_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name="embed-batch"
+            self._embed_batch,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            name="embed-batch",
+            weight=estimated_tokens,
+            max_batch_weight=engine.settings.server.embedding_batch_max_tokens,
         )
 
     def _embed_batch(self, texts: list[str]) -> list[tuple[Any, int]]:
@@ -268,6 +365,7 @@ class EmbeddingService:
         return [(vectors[i], min(n + 2, embedder.max_tokens)) for i, n in enumerate(counts)]
 
     async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
+        """The OpenAI embedding list; ``data`` is pre-encoded JSON (an ``orjson.Fragment``)."""
         if req.model not in self.model_names:
             raise ModelNotFound(req.model)
         inputs = [req.input] if isinstance(req.input, str) else req.input
@@ -280,22 +378,80 @@ class EmbeddingService:
             raise BadRequest("input strings must not be empty", param="input")
         if req.dimensions is not None and req.dimensions != self._engine.embedder.dim:
             raise BadRequest(f"this model has {self._engine.embedder.dim} dimensions", param="dimensions")
+        await self._check_limits(texts)
         results, model_seconds = await self.batcher.submit(texts)
         stats = current()
         if stats is not None:
             stats.add_upstream(model_seconds, "local")
         tokens = sum(n for _, n in results)
-        data = []
-        for i, (v, _) in enumerate(results):
-            emb: Any = (
-                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
-                if req.encoding_format == "base64"
-                else v.tolist()
-            )
-            data.append({"object": "embedding", "index": i, "embedding": emb})
+        b64 = req.encoding_format == "base64"
+        if len(results) > _INLINE_ROWS:  # megabytes of JSON: encoded in a worker thread, in slices
+            data = await asyncio.to_thread(_embedding_data, results, b64)
+        else:
+            data = _embedding_data(results, b64)
         return {
             "object": "list",
             "data": data,
             "model": req.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def _check_limits(self, texts: list[str]) -> None:
+        limits = self._engine.settings.server
+        if len(texts) > limits.max_embedding_inputs:
+            raise BadRequest(
+                f"input has {len(texts)} strings; at most {limits.max_embedding_inputs} per request "
+                "(server.max_embedding_inputs)",
+                param="input",
+                code="too_many_inputs",
+            )
+        longest = max(len(t) for t in texts)
+        if longest > limits.max_embedding_input_chars:
+            raise BadRequest(
+                f"an input has {longest} characters; at most {limits.max_embedding_input_chars} per input "
+                "(server.max_embedding_input_chars)",
+                param="input",
+                code="input_too_long",
+            )
+        cap = self._engine.embedder.max_tokens
+        limit = limits.max_embedding_tokens
+        # a word piece covers at least one character: most requests are within the limit on sight
+        if sum(min(len(t) + 2, cap) for t in texts) <= limit:
+            return
+        if await asyncio.to_thread(self._over_token_limit, texts, limit):
+            raise BadRequest(
+                f"input has more than {limit} tokens; at most {limit} per request "
+                "(server.max_embedding_tokens)",
+                param="input",
+                code="too_many_tokens",
+            )
+
+    def _over_token_limit(self, texts: list[str], limit: int) -> bool:
+        """Count as the model reads (worker thread), stopping as soon as the limit is passed."""
+        embedder = self._engine.embedder
+        total = 0
+        for start in range(0, len(texts), 256):
+            counts = embedder.count_tokens(texts[start : start + 256])
+            total += sum(min(n + 2, embedder.max_tokens) for n in counts)
+            if total > limit:
+                return True
+        return False
+
+
+#: Responses with more rows than this are encoded in a worker thread.
+_INLINE_ROWS = 64
+#: Rows per orjson call: the GIL is released between calls, so the event loop keeps answering.
+_SLICE_ROWS = 128
+
+
+def _embedding_data(results: list[tuple[Any, int]], b64: bool) -> orjson.Fragment:
+    """The ``data`` array of an embedding list, as JSON (float32 values, shortest exact repr)."""
+    parts: list[bytes] = []
+    for start in range(0, len(results), _SLICE_ROWS):
+        rows: list[dict[str, Any]] = []
+        for i, (v, _) in enumerate(results[start : start + _SLICE_ROWS], start):
+            vec = np.ascontiguousarray(v, dtype="<f4")
+            emb: Any = base64.b64encode(vec.tobytes()).decode() if b64 else vec
+            rows.append({"object": "embedding", "index": i, "embedding": emb})
+        parts.append(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+    return orjson.Fragment(b"[" + b",".join(parts) + b"]")
