@@ -21,6 +21,7 @@ from ragline.answer.llm import LlamaCppLLM, build_llm
 from ragline.config import EmbedderSettings, LLMSettings, Settings, load_settings
 from ragline.embed.factory import build_embedder
 from ragline.embed.onnx import OnnxEmbedder
+from services import postgres_url, redis_url  # noqa: F401  (session fixtures: one server each)
 
 REPO = Path(__file__).resolve().parent.parent
 

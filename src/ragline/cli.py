@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ragline.access.cli import keys_app, tenants_app
+from ragline.access.cli import spend as spend_command
 from ragline.config import load_settings
 from ragline.engine import Engine
 from ragline.errors import RaglineError
@@ -24,6 +26,9 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="ragline: cited answers from your documents."
 )
 app.add_typer(eval_app, name="eval")
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.command("spend")(spend_command)
 config_app = typer.Typer(no_args_is_help=True, help="Settings: the example file and the effective settings.")
 app.add_typer(config_app, name="config")
 console = Console()
@@ -67,6 +72,8 @@ def _print_report(report: IngestReport) -> None:
     for f in report.failed:
         # escape: a path like "draft [v2].txt" is not markup; soft_wrap: one line per file, never folded
         console.print(f"[red]failed[/red] {escape(f.path)}: {escape(f.reason)}", soft_wrap=True)
+    for f in report.warnings:  # ingested in part (cut at a configured limit)
+        console.print(f"[yellow]truncated[/yellow] {escape(f.path)}: {escape(f.reason)}", soft_wrap=True)
 
 
 @app.command()

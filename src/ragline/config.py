@@ -138,7 +138,9 @@ class CollectionSettings(_Section):
         description="collections held open at once; the least recently used idle one is closed past it "
         "(lowered further when the file descriptor limit is low)",
     )
-    max_count: int = Field(1000, ge=1, description="collections in the data directory; creating more is refused")
+    max_count: int = Field(
+        1000, ge=1, description="collections in the data directory; creating one more is refused"
+    )
     search_threads: int = Field(
         2, ge=1, le=64, description="threads of each open collection's search pool (the Qdrant engine's)"
     )
@@ -232,6 +234,12 @@ class ServerSettings(_Section):
     embedding_batch_max_size: int = Field(64, ge=1, le=4096)
     """Dynamic batching of /v1/embeddings: texts per model call, and how long the oldest waits for more."""
     embedding_batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    embedding_batch_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="/v1/embeddings batches: estimated tokens per model call (characters / 4 + 2 per "
+        "input, at most embedder.max_tokens); a batch takes at least one input",
+    )
     max_embedding_inputs: int = Field(
         2048, ge=1, le=100_000, description="/v1/embeddings: input strings per request"
     )
@@ -277,7 +285,9 @@ class ServerSettings(_Section):
     job_timeout_s: float = Field(
         3600.0, ge=0.0, description="a running job is cancelled after this long; 0 = no limit"
     )
-    job_ttl_s: float = Field(3600.0, gt=0.0, description="finished jobs are forgotten this long after they end")
+    job_ttl_s: float = Field(
+        3600.0, gt=0.0, description="finished jobs are forgotten this long after they end"
+    )
     max_finished_jobs: int = Field(1000, ge=1, description="finished jobs kept at most (the oldest go first)")
     max_connections: int = Field(1024, ge=1, description="open client connections; one more is answered 503")
     max_header_bytes: int = Field(
@@ -290,7 +300,9 @@ class ServerSettings(_Section):
     body_timeout_s: float = Field(
         60.0, gt=0.0, description="a request body must arrive whole within this after its head (else close)"
     )
-    keepalive_timeout_s: float = Field(5.0, gt=0.0, description="an idle keep-alive connection is closed after this")
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0.0, description="an idle keep-alive connection is closed after this"
+    )
     max_requests_per_connection: int = Field(
         1000, ge=1, description="requests served on one keep-alive connection before it is closed"
     )
@@ -487,6 +499,156 @@ class GatewaySettings(_Section):
         return self
 
 
+# -- access control: keys, stores, shared state, rate limits, prices, spend --------------------------
+
+
+def _check_rate(value: str | None) -> str | None:
+    """A rate limit in the ``limits`` library's notation: ``60/minute``, ``1000 per hour``, ``10/second``."""
+    if value is None:
+        return None
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit; write e.g. '60/minute', '1000/hour' or '10 per second'"
+        ) from None
+    return value
+
+
+class AuthSettings(_Section):
+    """API keys: the bootstrap admin key, cached key lookups and failed-authentication limits."""
+
+    admin_key_file: Path | None = Field(
+        None,
+        description="a file holding the bootstrap admin key (one line); the environment variable "
+        "RAGLINE_ADMIN_KEY wins over it. At least 32 characters",
+    )
+    default_tenant: str = Field(
+        "default",
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$",
+        description="the tenant of the bootstrap admin key and of the embedded single-user setup",
+    )
+    key_cache_size: int = Field(100_000, ge=1, description="key lookups held in each process's cache")
+    key_cache_ttl_s: float = Field(
+        60.0, gt=0.0, description="a cached key lookup is read again from the store after this long at most"
+    )
+    revision_poll_s: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="how often each process asks the store whether any key or tenant changed (then it "
+        "drops its cache), so a revocation takes effect everywhere within this; with Redis (state.url) "
+        "changes are also pushed at once",
+    )
+    failed_per_ip: str | None = Field(
+        "20/minute",
+        description="failed authentications allowed per client IP (limits notation); past it the IP gets "
+        "429 until the window frees up, even with a valid key. null = unlimited",
+    )
+
+    @field_validator("failed_per_ip")
+    @classmethod
+    def _valid_rate(cls, v: str | None) -> str | None:
+        return _check_rate(v)
+
+
+class StoreSettings(_Section):
+    """The record store (tenants, keys, budgets, spend): SQLite under data_dir, or PostgreSQL."""
+
+    url: str | None = Field(
+        None,
+        description="null = <data_dir>/records.sqlite; sqlite:////abs/path.sqlite for another file; "
+        "postgresql://user:password@host:5432/db for a database that every replica shares "
+        "(pip install 'ragline[postgres]')",
+    )
+    pool_min: int = Field(1, ge=0, description="PostgreSQL: connections each process keeps open")
+    pool_max: int = Field(10, ge=1, le=1000, description="PostgreSQL: connections each process opens at most")
+    connect_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="PostgreSQL: connecting, or waiting for a pooled connection; SQLite: waiting for a lock",
+    )
+
+
+class StateSettings(_Section):
+    """Shared state (rate-limit counters, invalidation messages): in-process, or Redis for replicas."""
+
+    url: str | None = Field(
+        None,
+        description="null = in this process only; redis://host:6379/0 (or rediss:// for TLS) to share "
+        "counters across replicas exactly (pip install 'ragline[redis]')",
+    )
+    key_prefix: str = Field(
+        "ragline", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key"
+    )
+
+
+class RateLimitSettings(_Section):
+    requests: str | None = Field(None, description="requests per window, e.g. 60/minute; null = unlimited")
+    tokens: str | None = Field(
+        None,
+        description="tokens per window, e.g. 100000/minute (prompt tokens counted before the call, "
+        "completion tokens after it); null = unlimited",
+    )
+
+    @field_validator("requests", "tokens")
+    @classmethod
+    def _valid_rate(cls, v: str | None) -> str | None:
+        return _check_rate(v)
+
+
+class LimitsSettings(_Section):
+    """Rate limits; a key's or tenant's own limits (set with `ragline keys` / `tenants`) win over these."""
+
+    strategy: Literal["moving-window", "sliding-window-counter", "fixed-window"] = Field(
+        "sliding-window-counter",
+        description="the limits library's algorithm: sliding-window-counter (constant memory, the "
+        "previous window weighted), moving-window (exact over any span, memory per request), "
+        "fixed-window (resets on window boundaries).",
+    )
+    per_key: RateLimitSettings = Field(RateLimitSettings(), description="each API key")
+    per_tenant: RateLimitSettings = Field(
+        RateLimitSettings(), description="each tenant, all its keys together"
+    )
+    per_ip: RateLimitSettings = Field(RateLimitSettings(), description="each client IP address")
+    overall: RateLimitSettings = Field(RateLimitSettings(), description="every request together")
+
+
+class ModelPrice(_Section):
+    input_per_million: float = Field(0.0, ge=0.0, description="USD per million prompt tokens")
+    output_per_million: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
+
+
+class PricesSettings(_Section):
+    """What a request costs: a deployment's price wins over its model's, which wins over the default."""
+
+    default: ModelPrice = Field(
+        ModelPrice(), description="models and deployments not listed (the local model: free unless set)"
+    )
+    models: dict[str, ModelPrice] = Field({}, description="price per model name clients send")
+    deployments: dict[str, ModelPrice] = Field({}, description="price per gateway deployment name")
+
+
+class SpendSettings(_Section):
+    """Budget reservations and the spend log, written in batches off the request path."""
+
+    batch_size: int = Field(500, ge=1, description="settlements and spend records written in one transaction")
+    max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="spend records waiting to be written while the store is slow or down; past it the "
+        "oldest are dropped (and counted); settlements are never dropped",
+    )
+    reservation_ttl_s: float = Field(
+        900.0,
+        gt=0.0,
+        description="a budget reservation never settled (its process died) is released after this",
+    )
+    sweep_interval_s: float = Field(60.0, gt=0.0, description="how often expired reservations are released")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGLINE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
@@ -504,6 +666,12 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     rerank: RerankSettings = RerankSettings()
     gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
+    store: StoreSettings = StoreSettings()
+    state: StateSettings = StateSettings()
+    limits: LimitsSettings = LimitsSettings()
+    prices: PricesSettings = PricesSettings()
+    spend: SpendSettings = SpendSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -519,7 +687,7 @@ class Settings(BaseSettings):
 
 
 #: RAGLINE_* environment variables that are not settings (read by ragline itself or its tests).
-NON_SETTING_ENV = frozenset({"RAGLINE_CONFIG", "RAGLINE_SHARED_DATA"})
+NON_SETTING_ENV = frozenset({"RAGLINE_CONFIG", "RAGLINE_SHARED_DATA", "RAGLINE_ADMIN_KEY"})
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:

@@ -1,0 +1,176 @@
+"""Budgets: reserve a request's maximum cost before the call, settle its real cost after.
+
+The reservation is one atomic step in the shared store (every budget of the request fits, or
+none is touched), so concurrent requests, on any number of replicas, can never spend past a
+budget, and no request is refused while its maximum cost still fits. Settlements go through the
+``SpendRecorder`` (batched); a reservation never settled (its process died) is released after
+``spend.reservation_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ragline.access.errors import BudgetExceeded
+from ragline.access.prices import PriceTable
+from ragline.access.principal import Principal
+from ragline.access.spend import SpendRecorder
+from ragline.config import SpendSettings
+from ragline.store.base import RecordStore, StoreError
+from ragline.store.records import Budget, BudgetItem, Period, Settlement, SpendRecord, nano_to_usd
+
+log = logging.getLogger(__name__)
+
+
+def window_of(period: Period, ts: float) -> str:
+    """The budget window that ``ts`` falls in: ``day:YYYY-MM-DD``, ``month:YYYY-MM`` (UTC) or ``total``."""
+    if period == "total":
+        return "total"
+    d = datetime.fromtimestamp(ts, UTC)
+    return f"day:{d:%Y-%m-%d}" if period == "day" else f"month:{d:%Y-%m}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    principal: Principal
+    model: str
+    max_cost_nano: int
+    items: tuple[BudgetItem, ...]
+    """Empty when no budget applies (nothing was reserved)."""
+
+
+class BudgetKeeper:
+    def __init__(
+        self,
+        store: RecordStore,
+        prices: PriceTable,
+        recorder: SpendRecorder,
+        settings: SpendSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.prices = prices
+        self._recorder = recorder
+        self._settings = settings or SpendSettings()
+        self._clock = clock
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def _items(self, p: Principal, amount: int, now: float) -> tuple[BudgetItem, ...]:
+        found: list[tuple[str, Budget]] = []
+        if p.key_budget is not None:
+            found.append((f"key:{p.key_id}", p.key_budget))
+        if p.tenant_budget is not None:
+            found.append((f"tenant:{p.tenant}", p.tenant_budget))
+        return tuple(BudgetItem(s, window_of(b.period, now), b.limit_nano, amount) for s, b in found)
+
+    async def reserve(
+        self,
+        principal: Principal,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        deployments: Sequence[str] = (),
+    ) -> Reservation:
+        """Reserve the request's maximum cost in every budget that applies, or raise BudgetExceeded.
+
+        No store round trip when no budget applies or the request cannot cost anything.
+        """
+        cost = self.prices.max_cost_nano(model, prompt_tokens, max_tokens, deployments)
+        now = self._clock()
+        items = self._items(principal, cost, now) if cost > 0 else ()
+        rid = uuid.uuid4().hex
+        if items and not await self._store.reserve(rid, items, now + self._settings.reservation_ttl_s):
+            raise BudgetExceeded(await self._refusal(items, cost))
+        return Reservation(rid, principal, model, cost, items)
+
+    async def _refusal(self, items: Sequence[BudgetItem], cost: int) -> str:
+        for it in items:
+            try:
+                u = await self._store.usage(it.scope, it.window)
+            except StoreError:
+                break
+            if u.spent_nano + u.reserved_nano + cost > it.limit_nano:
+                who = "key" if it.scope.startswith("key:") else "tenant"
+                period = it.window.split(":", 1)[0]
+                left = max(0, it.limit_nano - u.spent_nano - u.reserved_nano)
+                return (
+                    f"This request could cost up to ${nano_to_usd(cost):f}, more than what is left of the "
+                    f"{who}'s {period} budget of ${nano_to_usd(it.limit_nano):f} "
+                    f"(${nano_to_usd(left):f} left, counting requests in flight). "
+                    "Lower max_tokens, or raise the budget."
+                )
+        return "This request's maximum cost does not fit in the remaining budget."
+
+    def settle(
+        self,
+        reservation: Reservation,
+        *,
+        deployment: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: bool = False,
+        request_id: str = "",
+    ) -> int:
+        """Record the real cost (0 when answered from a cache) and release the reservation; returns the
+        cost in nano-dollars. Never blocks: the write is queued for the spend writer."""
+        p = reservation.principal
+        cost = (
+            0
+            if cached
+            else self.prices.cost_nano(reservation.model, deployment, prompt_tokens, completion_tokens)
+        )
+        settlement = None
+        if reservation.items:
+            windows = tuple((it.scope, it.window) for it in reservation.items)
+            settlement = Settlement(reservation.id, windows, cost)
+        record = SpendRecord(
+            ts=self._clock(),
+            tenant=p.tenant,
+            key_id=p.key_id,
+            model=reservation.model,
+            deployment=deployment,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_nano=cost,
+            cached=cached,
+            request_id=request_id,
+        )
+        self._recorder.add(settlement, record)
+        return cost
+
+    def release(self, reservation: Reservation) -> None:
+        """The call never happened (refused later, or failed before any token): release, spend nothing."""
+        if reservation.items:
+            windows = tuple((it.scope, it.window) for it in reservation.items)
+            self._recorder.add(Settlement(reservation.id, windows, 0))
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(), name="ragline-budget-sweeper"
+            )
+
+    async def close(self) -> None:
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_interval_s)
+            try:
+                n = await self._store.release_expired(self._clock())
+                if n:
+                    log.warning("released %d budget reservations that were never settled", n)
+            except StoreError as e:
+                log.warning("could not release expired budget reservations: %s", e)
