@@ -157,7 +157,11 @@ def start_floor(workdir: Path, mock: Server) -> Server:
     return server
 
 
-def start_ragline(workdir: Path, mock: Server) -> Server:
+def start_ragline(workdir: Path, mock: Server, name: str = "ragline", src: Path | None = None) -> Server:
+    """``ragline serve`` in front of the mock; ``src``: run that checkout's ``src/`` instead of this one
+    (same virtualenv), for a side-by-side before/after row."""
+    workdir = workdir / name
+    workdir.mkdir(exist_ok=True)
     config = workdir / "ragline.yaml"
     config.write_text(
         f"data_dir: {workdir / 'ragline-data'}\n"
@@ -173,7 +177,15 @@ def start_ragline(workdir: Path, mock: Server) -> Server:
     ragline = Path(sys.executable).parent / "ragline"
     argv = [str(ragline), "serve", "--config", str(config), "--port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
-    server = _start("ragline", argv, workdir, env)
+    if src is not None:
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from ragline.cli import main; sys.argv[0] = 'ragline'; main()",
+            *argv[1:],
+        ]
+        env["PYTHONPATH"] = str(src / "src")
+    server = _start(name, argv, workdir, env)
     _wait_ready(server, "/health/ready", 120)  # the embedded models load in the background first
     return server
 
@@ -578,6 +590,12 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=0.0, help="keep the servers up this long first (profiling)")
     ap.add_argument("--before", type=Path, help="an earlier result JSON to keep as the 'before' figures")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    ap.add_argument(
+        "--ragline-before",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit): adds a 'ragline-before' target "
+        "that runs its src/ with this virtualenv, side by side in the same run",
+    )
     args = ap.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     if any(t not in TARGETS for t in targets):
@@ -607,6 +625,10 @@ def main() -> None:
         if "ragline" in targets:
             servers["ragline"] = start_ragline(tmp, mock)
             started.append(servers["ragline"])
+        if args.ragline_before is not None:
+            servers["ragline-before"] = start_ragline(tmp, mock, "ragline-before", args.ragline_before)
+            started.append(servers["ragline-before"])
+            targets.append("ragline-before")
         if "litellm" in targets:
             assert venv is not None
             servers["litellm"] = start_litellm(tmp, mock, venv)

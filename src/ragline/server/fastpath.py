@@ -17,7 +17,6 @@ It sits inside the metrics and body-limit middlewares: both still apply.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline.gateway import Router, codec
+from ragline.server.disconnect import ClientDisconnected, cancel_on_disconnect
 from ragline.server.protocol import ChatCompletionRequest
 
 PATH = "/v1/chat/completions"
@@ -113,20 +113,9 @@ async def _stream(response: StreamingResponse, receive: Receive, send: Send) -> 
     watch in an anyio task group (cancel scopes, a named task per stream); here the watch is one
     asyncio task that cancels this one, and the cancellation is taken back once handled.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
     body = response.body_iterator
-    try:
+
+    async def send_all() -> None:
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
         )
@@ -134,11 +123,12 @@ async def _stream(response: StreamingResponse, receive: Receive, send: Send) -> 
             data = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(response.charset)
             await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if not gone or task.uncancel() > 0:
-            raise  # cancelled from elsewhere (shutdown): not ours to swallow
+
+    try:
+        await cancel_on_disconnect(receive, send_all())
+    except ClientDisconnected:
+        pass  # the client went away: the stream (and the upstream's) stops here
     finally:
-        watcher.cancel()
         close = getattr(body, "aclose", None)
         if close is not None:
             await close()
