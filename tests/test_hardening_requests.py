@@ -67,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     "health_check": False,
                 }
             ],
-            "models": {"gw": {"deployments": ["d1"]}},
+            "models": {"gw": {"deployments": ["d1"]}, "capped": {"deployments": ["d1"], "max_tokens": 8192}},
             "retry": {"max_attempts": 1},
         }
     }
@@ -155,6 +155,11 @@ def test_chat_messages_prompt_and_max_tokens_are_bounded(server: Server) -> None
             assert err["code"] == "max_tokens_too_large"
         stream = {"model": model, "messages": MSG, "max_tokens": 4097, "stream": True}
         _refused(_post(server, "/v1/chat/completions", stream), "llm.n_ctx")
+    # a gateway model with a configured cap is refused before any upstream call
+    for stream in (False, True):
+        body = {"model": "capped", "messages": MSG, "max_tokens": 8193, "stream": stream}
+        err = _refused(_post(server, "/v1/chat/completions", body), "gateway.models.capped.max_tokens")
+        assert err["code"] == "max_tokens_too_large"
     r = _post(server, "/v1/completions", {"model": "local", "prompt": "Hello", "max_tokens": 5000})
     _refused(r, "llm.n_ctx", "max_tokens")
     r = _post(server, "/v1/completions", {"model": "local", "prompt": "word " * 4000})

@@ -129,6 +129,25 @@ class IngestSettings(_Section):
         "with the reason; 'truncate' keeps the first pages/chunks and reports a warning. Archives over "
         "max_unpacked_bytes, max_archive_members or max_xml_elements always fail",
     )
+    parse_isolation: Literal["inline", "process"] = Field(
+        "inline",
+        description="where ragline ingest and the Python API parse files: 'inline' in the calling "
+        "thread, 'process' in parser worker processes under parse_memory_bytes and parse_timeout_s. "
+        "The server's uploads are always parsed in worker processes",
+    )
+    parse_workers: int = Field(2, ge=1, le=64, description="parser worker processes at most (parses at once)")
+    parse_memory_bytes: int = Field(
+        2 * 1024 * 1024 * 1024,
+        ge=0,
+        description="address space (RLIMIT_AS) of each parser worker process; a file that needs more "
+        "fails with the reason; 0 = no cap",
+    )
+    parse_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="wall-clock seconds one file may take to parse in a worker process; a file that "
+        "takes longer fails with the reason and its parser is killed; 0 = no limit",
+    )
 
 
 class CollectionSettings(_Section):
@@ -386,6 +405,10 @@ class GatewayModelSettings(_Section):
     strategy: Literal["round_robin", "least_in_flight", "weighted", "lowest_latency"] = "round_robin"
     fallbacks: list[str] = []
     """Model names tried in order when every deployment of this one is down, open or failed."""
+    max_tokens: int | None = Field(None, ge=1)
+    """The largest completion budget (``max_tokens``) a request to this model may ask for, e.g. its
+    context length; a request over it is refused with a 400 before any upstream call. Unset: the
+    upstream decides."""
 
 
 class GatewayRuleSettings(_Section):

@@ -153,9 +153,19 @@ class ChatService:
                 param="messages",
                 code="context_length_exceeded",
             )
+        asked = req.max_completion_tokens or req.max_tokens
         if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
-            check_max_tokens(self._engine, req.model, req.max_completion_tokens or req.max_tokens)
-        # a gateway model's upstream knows its own context; unknown names are a 404 later
+            check_max_tokens(self._engine, req.model, asked)
+        elif (group := self._engine.settings.gateway.models.get(req.model)) is not None:
+            cap = group.max_tokens
+            if cap is not None and asked is not None and asked > cap:
+                raise BadRequest(
+                    f"max_tokens {asked} is more than model '{req.model}' allows "
+                    f"({cap} tokens, gateway.models.{req.model}.max_tokens)",
+                    param="max_tokens",
+                    code="max_tokens_too_large",
+                )
+        # without a cap, a gateway model's upstream checks its own context; unknown names are a 404 later
 
     # -- non-streaming -------------------------------------------------------------------
 
