@@ -818,3 +818,39 @@ def test_pdf_builder_is_valid(tmp_path: Path) -> None:
     from pypdf import PdfReader
 
     assert len(PdfReader(io.BytesIO(pdf_repeated_page(50))).pages) == 50
+
+
+_THOUSANDS = """
+import os, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+from ragline import Engine
+from ragline.config import load_settings
+data, n = Path(sys.argv[1]), int(sys.argv[2])
+engine = Engine(load_settings(data_dir=data, collections={"max_count": n}))
+peak_fds = peak_threads = 0
+for i in range(n):
+    engine.collection(f"c{i}", create=True)
+    if i % 50 == 0:
+        peak_fds = max(peak_fds, len(os.listdir("/proc/self/fd")))
+        peak_threads = max(peak_threads, len(os.listdir("/proc/self/task")))  # native ones included
+for i in range(0, n, 97):  # evicted collections reopen on use
+    assert engine.documents(collection=f"c{i}") == []
+assert len(engine.collections()) == n
+print(peak_fds, peak_threads, len(engine.open_collections()))
+"""
+
+
+@pytest.mark.slow
+def test_a_thousand_collections_under_128_descriptors(tmp_path: Path) -> None:
+    """Before: with 256 descriptors the 49th collection failed, and each open one kept 8 engine threads."""
+    run = subprocess.run(
+        [sys.executable, "-c", _THOUSANDS, str(tmp_path / "data"), "1000"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    peak_fds, peak_threads, still_open = map(int, run.stdout.split())
+    assert peak_fds < 128 and still_open <= 16
+    assert peak_threads < 100, f"{peak_threads} threads for {still_open} open collections"
