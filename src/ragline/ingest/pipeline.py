@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ragline.collection import Collection
 from ragline.config import Settings
@@ -26,6 +26,7 @@ from ragline.errors import IngestCancelled, ParseError
 from ragline.index.base import IndexPoint
 from ragline.ingest.chunking import Chunker, chunk_id_for, content_hash
 from ragline.ingest.dedup import NearDuplicateIndex
+from ragline.ingest.isolation import ParsePool, shared_pool
 from ragline.ingest.parsers import ParseLimits, iter_jsonl, parse_file, supported_suffixes
 from ragline.ingest.registry import DocRecord, PendingChange
 from ragline.types import CORE_FIELDS, Chunk, FileFailure, IngestReport, ParsedDocument
@@ -96,12 +97,16 @@ class Ingestor:
         embedder: Embedder,
         collection: Collection,
         should_stop: StopCheck | None = None,
+        parse_isolation: Literal["inline", "process"] | None = None,
     ) -> None:
+        """``parse_isolation`` overrides ``ingest.parse_isolation`` (the server's uploads: "process")."""
         self._settings = settings
         self._embedder = embedder
         self._col = collection
         self._should_stop = should_stop
         self._limits = ParseLimits.from_settings(settings.ingest)
+        isolation = parse_isolation or settings.ingest.parse_isolation
+        self._pool: ParsePool | None = shared_pool(settings.ingest) if isolation == "process" else None
         c = settings.chunking
         self._chunker = Chunker.from_settings(embedder, c)
         self._fingerprint = hashlib.sha256(
@@ -166,15 +171,26 @@ class Ingestor:
                     report.failed.append(FileFailure(str(f), "permission denied"))
                     continue
                 doc_id = str(f.resolve())
+                pool, timeout = self._pool, self._settings.ingest.parse_timeout_s
                 if f.suffix.lower() == ".jsonl":
-                    for item in iter_jsonl(f):
+                    lines = (
+                        iter_jsonl(f)
+                        if pool is None
+                        else pool.parse_lines(f, timeout_s=timeout, should_stop=self._should_stop)
+                    )
+                    for item in lines:
                         if isinstance(item, ParseError):
                             report.failed.append(FileFailure(str(f), str(item)))
                         else:
                             item.metadata = {**metadata, **item.metadata}
                             yield item
                     continue
-                for doc in parse_file(f, doc_id, self._limits):
+                docs = (
+                    parse_file(f, doc_id, self._limits)
+                    if pool is None
+                    else pool.parse(f, doc_id, self._limits, timeout_s=timeout, should_stop=self._should_stop)
+                )
+                for doc in docs:
                     doc.metadata = {**metadata, **doc.metadata}
                     yield doc
             except ParseError as e:

@@ -8,7 +8,8 @@ Every job is bounded:
 - one owner (an API key, once requests carry one) holds at most ``max_per_owner`` unfinished jobs;
 - a job's stored result is at most ``max_result_bytes`` (JSON), else the job fails;
 - a running job is stopped after ``timeout_s``; any job can be cancelled (``cancel``): a queued one
-  at once, a running ingestion between two embedding batches, an async chat job at its next await;
+  at once, a running ingestion between two embedding batches (or at once while its file is parsed:
+  the parser process is killed), an async chat job at its next await;
 - finished jobs are forgotten ``ttl_s`` after they end, and past ``keep`` the oldest go first.
 
 A failed job's error is a reason for the user: a ragline error's message, never an exception's

@@ -4,7 +4,9 @@ Every upload is checked before it is accepted: the collection name (and the coll
 it would be created), each document id (``ingest/ids.py``), the file name (at most 255 bytes, no
 control or bidirectional characters), the file size. The upload then runs as a job
 (``server/jobs.py``): bounded in number, cancellable (``POST /v1/jobs/{id}/cancel``), and its
-error is a reason, never a library's internals.
+error is a reason, never a library's internals. The job parses the file in a worker process
+(``ingest/isolation.py``, within ``ingest.parse_memory_bytes`` and ``ingest.parse_timeout_s``),
+never in the server's.
 
 Names: a file's document id is its ``doc_id`` field or its file name; the path the client sent
 with it (``a/report.pdf``) is kept as the document's source. Uploading a file whose name is
@@ -29,7 +31,8 @@ from ragline.engine import Engine
 from ragline.errors import InvalidRequest, ParseError
 from ragline.ingest.cleaning import clean_text
 from ragline.ingest.ids import MAX_DOC_ID_CHARS, normalize_id, upload_name
-from ragline.ingest.parsers import ParseLimits, parse_file, supported_suffixes
+from ragline.ingest.isolation import parse_file_isolated
+from ragline.ingest.parsers import ParseLimits, supported_suffixes
 from ragline.server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRequests
 from ragline.server.jobs import Job, JobRefused, JobStore, ProgressFn, StopFn, bounded_report
 from ragline.server.protocol import Text
@@ -154,7 +157,10 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
             raise
 
         def work(progress: ProgressFn, should_stop: StopFn) -> dict[str, Any]:
-            docs = parse_file(target, ident, ParseLimits.from_settings(engine.settings.ingest))
+            # parsed in a worker process (ingest/isolation.py): a hostile file's memory, CPU and
+            # garbage-collection pauses are not the server's, and a cancel kills the parse
+            ingest = engine.settings.ingest
+            docs = parse_file_isolated(target, ident, ParseLimits.from_settings(ingest), ingest, should_stop)
             failed: list[FileFailure] = []
             kept: list[ParsedDocument] = []
             for d in docs:
