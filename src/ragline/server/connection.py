@@ -86,6 +86,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_count = 0
         self._requests = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._body_pending = False  # the head is in, the body is not complete yet
         self._rejected = False
 
     # -- timers ---------------------------------------------------------------------------
@@ -136,15 +137,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
-        if self._in_head and self._deadline is None:
-            # the first bytes of a keep-alive connection's next request (uvicorn's idle timer is off)
-            self._arm(self.LIMITS.header_timeout_s, self._head_timed_out)
         super().data_received(data)
-        if self._in_head and not self._rejected:
+        if self._rejected or self.transport.is_closing():
+            return
+        # Timers are armed only for what is still missing once this chunk is parsed: a request
+        # that arrives whole in one read (the usual case) costs no timer at all.
+        if self._in_head:
             # an unterminated head is buffered by the parser, and no callback sees it: bound it here
             self._head_raw += len(data)
             if self._head_raw > self.LIMITS.max_header_bytes:
                 self._reject(*_TOO_LARGE)
+            elif self._deadline is None:
+                self._arm(self.LIMITS.header_timeout_s, self._head_timed_out)
+        elif self._body_pending and self._deadline is None:
+            self._arm(self.LIMITS.body_timeout_s, self._body_timed_out)
 
     def send_400_response(self, msg: str) -> None:
         if not self._rejected:  # a head over the limits has had its 431 already
@@ -176,12 +182,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_raw = 0
         self._requests += 1
+        self._disarm()  # the head is in; the body's deadline starts now, if a body is still to come
+        self._body_pending = True
         super().on_headers_complete()
         if self._requests >= self.LIMITS.max_requests_per_connection:
             self.cycle.keep_alive = False
-        self._arm(self.LIMITS.body_timeout_s, self._body_timed_out)
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
         self._disarm()  # the body is in; the response may take as long as the app needs
         super().on_message_complete()
 
