@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import ragline_process
@@ -30,6 +29,7 @@ from ragline.errors import IngestCancelled, ParseError
 from ragline.ingest.isolation import ParsePool, shared_pool
 from ragline.ingest.parsers import ParseLimits, iter_jsonl, parse_file
 from test_hardening_ingest import LEAKS, _job, _upload, pdf_repeated_page
+from test_hardening_probe import _while_polling_health
 
 LIMITS = ParseLimits()
 
@@ -189,33 +189,6 @@ def test_cancelling_an_ingestion_mid_parse_kills_the_parse(
     assert engine.documents(collection="kb") == []
 
 
-def _poll_health_while(base: str, work: Callable[[], Any]) -> list[float]:
-    """Run ``work`` in a thread; poll /health/live every 50 ms meanwhile; the latencies in ms."""
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as e:  # re-raised below
-            errors.append(e)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run)
-    latencies: list[float] = []
-    with httpx.Client(base_url=base, timeout=5) as client:
-        thread.start()
-        while not done.wait(0.05):
-            t = time.perf_counter()
-            assert client.get("/health/live").status_code == 200
-            latencies.append((time.perf_counter() - t) * 1000)
-    thread.join()
-    if errors:
-        raise errors[0]
-    return latencies
-
-
 @pytest.mark.slow
 def test_the_server_stays_responsive_while_it_parses_a_hostile_pdf(tmp_path: Path) -> None:
     pdf = pdf_repeated_page(20_000)
@@ -226,7 +199,7 @@ def test_the_server_stays_responsive_while_it_parses_a_hostile_pdf(tmp_path: Pat
         )
         assert _job(base, warm.json())["status"] == "succeeded"
         jobs: list[dict[str, Any]] = []
-        latencies = _poll_health_while(
+        latencies = _while_polling_health(
             base, lambda: jobs.append(_job(base, _upload(base, "warm", b"repeat.pdf", pdf).json()))
         )
     assert jobs[0]["status"] == "succeeded" and jobs[0]["result"]["chunks"] == 1, jobs
