@@ -258,20 +258,7 @@ class PostgresStore:
             if records:
                 async with cur.copy(_COPY_SPEND) as copy:
                     for r in records:
-                        await copy.write_row(
-                            (
-                                r.ts,
-                                r.tenant,
-                                r.key_id,
-                                r.model,
-                                r.deployment,
-                                r.prompt_tokens,
-                                r.completion_tokens,
-                                r.cost_nano,
-                                int(r.cached),
-                                r.request_id,
-                            )
-                        )
+                        await copy.write_row(r.row())
 
     async def release_expired(self, now: float) -> int:
         async with self._conn() as conn, conn.transaction(), conn.cursor() as cur:

@@ -118,6 +118,21 @@ class SpendRecord:
     cached: bool = False
     request_id: str = ""
 
+    def row(self) -> tuple[float, str, str, str, str, int, int, int, int, str]:
+        """The values of a ``spend`` table row, in its column order (both stores write these)."""
+        return (
+            self.ts,
+            self.tenant,
+            self.key_id,
+            self.model,
+            self.deployment,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_nano,
+            int(self.cached),
+            self.request_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SpendRow:

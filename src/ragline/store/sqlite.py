@@ -219,21 +219,7 @@ class SQLiteStore:
             return
         ids = list(dict.fromkeys(s.reservation_id for s in settlements))
         costs = [(scope, win, s.cost_nano) for s in settlements for scope, win in s.windows]
-        rows = [
-            (
-                r.ts,
-                r.tenant,
-                r.key_id,
-                r.model,
-                r.deployment,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cost_nano,
-                int(r.cached),
-                r.request_id,
-            )
-            for r in records
-        ]
+        rows = [r.row() for r in records]
 
         def run(conn: sqlite3.Connection) -> None:
             with self._write(conn):
