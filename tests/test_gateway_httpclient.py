@@ -338,7 +338,10 @@ async def served(tmp_path: Any) -> AsyncIterator[tuple[httpx.AsyncClient, list[d
     deployment.complete = complete
     deployment.stream = stream
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with (
+        app.router.lifespan_context(app),  # the app's startup: access control opens its store
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
         yield client, seen
 
 

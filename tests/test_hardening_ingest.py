@@ -536,11 +536,13 @@ def test_job_store_per_owner_cap_and_timeout() -> None:
             time.sleep(0.01)
         raise IngestCancelled("stopped")
 
-    mine = store.submit("ingest", forever, owner="key-a")
+    mine = store.submit("ingest", forever, owner="key-a", tenant="acme")
     with pytest.raises(JobRefused, match=r"server\.max_jobs_per_key"):
-        store.submit("ingest", forever, owner="key-a")
-    theirs = store.submit("ingest", forever, owner="key-b")
-    assert store.get(mine.id, owner="key-b") is None  # not another key's job
+        store.submit("ingest", forever, owner="key-a", tenant="acme")
+    theirs = store.submit("ingest", forever, owner="key-b", tenant="globex")
+    assert store.get(mine.id, tenant="globex") is None  # not another tenant's job
+    assert store.cancel(mine.id, tenant="globex") is None
+    assert store.get(mine.id, tenant="acme") is mine
     _wait(lambda: mine.finished and theirs.finished)
     assert mine.status == "failed" and "server.job_timeout_s" in (mine.error or "")
 

@@ -268,6 +268,10 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="log every request (costs CPU per request)")
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="serve with no API keys on an address other than loopback"),
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
     from ragline.server.run import serve as run_server
@@ -278,7 +282,7 @@ def serve(
             "the embedded engine is opened by one process; run one worker per data_dir",
             param_hint="--workers",
         )
-    run_server(settings, host=host, port=port, access_log=access_log)
+    run_server(settings, host=host, port=port, access_log=access_log, insecure=insecure)
 
 
 @config_app.command("example")

@@ -25,11 +25,28 @@ from ragline.index.base import VectorIndex
 from ragline.index.edge import EdgeIndex
 from ragline.ingest.registry import DocRecord, PendingChange, Registry
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_PUBLIC = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+TENANT_SEP = "~"
+"""Between a tenant's name and its collection's in the stored name (``acme~docs``): a character no
+collection name a client sends may hold, so two tenants' names can never meet. The default
+tenant's collections are stored under their own names (the embedded single-user layout)."""
+_PUBLIC_NAME = re.compile(_PUBLIC)
+_NAME = re.compile(rf"(?:[a-z0-9][a-z0-9_.\-]{{0,62}}{TENANT_SEP})?{_PUBLIC}")
+
+
+def validate_public_name(name: str) -> str:
+    """A collection name as a client sends it (never a tenant's prefix)."""
+    # fullmatch: with match and "$", a trailing newline passed ("$" matches before a final "\n")
+    if not isinstance(name, str) or not _PUBLIC_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 def validate_name(name: str) -> str:
-    # fullmatch: with match and "$", a trailing newline passed ("$" matches before a final "\n")
+    """A stored collection name: a client's name, under a tenant's prefix unless it is the default's."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "

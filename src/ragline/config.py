@@ -571,6 +571,13 @@ class AuthSettings(_Section):
         "429 until the window frees up, even with a valid key. null = unlimited",
     )
 
+    metrics: Literal["open", "admin"] = Field(
+        "admin",
+        description="who may read /metrics once keys are in use: admin (an admin key, e.g. in the "
+        "scraper's bearer_token) or open (anyone who can reach the port). While the server runs open "
+        "(no keys, on loopback) it is open either way",
+    )
+
     @field_validator("failed_per_ip")
     @classmethod
     def _valid_rate(cls, v: str | None) -> str | None:
@@ -670,6 +677,13 @@ class SpendSettings(_Section):
         description="a budget reservation never settled (its process died) is released after this",
     )
     sweep_interval_s: float = Field(60.0, gt=0.0, description="how often expired reservations are released")
+    assumed_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="the completion tokens reserved for a request that gives no max_tokens when a budget "
+        "applies to it (and passed on as its max_tokens, so it cannot cost more than was reserved); a "
+        "model's own cap (gateway.models.<name>.max_tokens, the local model's context) wins when lower",
+    )
 
 
 class Settings(BaseSettings):

@@ -59,12 +59,14 @@ class Authenticator:
         limiter: Limiter | None = None,
         admin_key: str | None = None,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._state = state
         self.settings = settings or AuthSettings()
         self._limiter = limiter
         self._clock = clock
+        self._on_change = on_change
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._admin = Principal(BOOTSTRAP_KEY_ID, self.settings.default_tenant, "admin")
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -101,6 +103,8 @@ class Authenticator:
             self._cache.clear()
         else:
             self._cache.pop(key_id, None)
+        if self._on_change is not None:
+            self._on_change()
 
     async def _poll(self) -> None:
         failing = False

@@ -22,11 +22,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ragline.access.admin import AccessAdmin
-from ragline.access.keys import PREFIX, display
+from ragline.access.keys import PREFIX
+from ragline.access.views import key_row, spend_row, tenant_row, when
 from ragline.config import Settings, load_settings
 from ragline.state.factory import build_state
 from ragline.store.factory import build_store
-from ragline.store.records import Budget, KeyRecord, Period, SpendGroup, SpendRow, Tenant, nano_to_usd
+from ragline.store.records import Period, SpendGroup, SpendRow
 
 T = TypeVar("T")
 
@@ -72,18 +73,6 @@ def _period(value: str) -> Period:
     return value  # type: ignore[return-value]
 
 
-def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts is not None else ""
-
-
-def _usd(nano: int) -> str:
-    return f"{nano_to_usd(nano):.6f}".rstrip("0").rstrip(".")
-
-
-def _budget_text(b: Budget | None) -> str:
-    return f"${_usd(b.limit_nano)}/{b.period}" if b else ""
-
-
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
 
 
@@ -112,37 +101,6 @@ def _key_id(text: str) -> str:
     if t.startswith(PREFIX):
         t = t[len(PREFIX) :]
     return t.split("_", 1)[0]
-
-
-def _tenant_row(t: Tenant) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "created_at": _when(t.created_at),
-        "budget": _budget_text(t.budget) or None,
-        "rate_requests": t.rate_requests,
-        "rate_tokens": t.rate_tokens,
-        "disabled": t.disabled,
-    }
-
-
-def _key_row(k: KeyRecord) -> dict[str, Any]:
-    now = time.time()
-    status = "revoked" if k.revoked_at else "expired" if k.expires_at and k.expires_at <= now else "active"
-    return {
-        "key_id": k.key_id,
-        "key": display(k.key_id),
-        "tenant": k.tenant,
-        "role": k.role,
-        "name": k.name,
-        "status": status,
-        "created_at": _when(k.created_at),
-        "expires_at": _when(k.expires_at) or None,
-        "revoked_at": _when(k.revoked_at) or None,
-        "models": list(k.models) if k.models is not None else None,
-        "budget": _budget_text(k.budget) or None,
-        "rate_requests": k.rate_requests,
-        "rate_tokens": k.rate_tokens,
-    }
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
@@ -184,7 +142,7 @@ def tenants_create(
         ),
     )
     if as_json:
-        _json(_tenant_row(t))
+        _json(tenant_row(t))
     else:
         console.print(f"created tenant {escape(t.name)}")
 
@@ -192,7 +150,7 @@ def tenants_create(
 @tenants_app.command("list")
 def tenants_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """List tenants."""
-    rows = [_tenant_row(t) for t in _run(config, lambda a, _: a.list_tenants())]
+    rows = [tenant_row(t) for t in _run(config, lambda a, _: a.list_tenants())]
     if as_json:
         _json(rows)
     else:
@@ -242,7 +200,7 @@ def keys_create(
 
     created = _run(config, create)
     if as_json:
-        _json({**_key_row(created.record), "key": created.key})
+        _json({**key_row(created.record), "key": created.key})
         return
     console.print(f"created key {created.record.key_id} for tenant {escape(created.record.tenant)}")
     sys.stdout.write(created.key + "\n")
@@ -256,7 +214,7 @@ def keys_list(
     config: ConfigOpt = None,
 ) -> None:
     """List keys (ids, never the keys themselves)."""
-    rows = [_key_row(k) for k in _run(config, lambda a, _: a.list_keys(tenant))]
+    rows = [key_row(k) for k in _run(config, lambda a, _: a.list_keys(tenant))]
     if as_json:
         _json(rows)
     else:
@@ -314,19 +272,9 @@ def spend(
     kid = _key_id(key) if key else None
     grouping = cast(list[SpendGroup], groups)
     rows: list[SpendRow] = _run(config, lambda a, _: a.spend(start, end, grouping, tenant=tenant, key_id=kid))
-    out = [
-        {
-            **r.group,
-            "requests": r.requests,
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "cost_usd": _usd(r.cost_nano),
-            "cached": r.cached,
-        }
-        for r in rows
-    ]
+    out = [spend_row(r) for r in rows]
     if as_json:
-        _json({"start": _when(start), "end": _when(end), "rows": out})
+        _json({"start": when(start), "end": when(end), "rows": out})
     else:
         cols = [*groups, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "cached"]
-        _table(out, cols, f"spend {_when(start)} .. {_when(end)} UTC")
+        _table(out, cols, f"spend {when(start)} .. {when(end)} UTC")

@@ -146,14 +146,17 @@ class Limiter:
         self._strategy: RateLimiter = _STRATEGIES[self.settings.strategy](state.limits_storage)
         self._concurrent = state.kind != "memory"  # network round trips overlap; in memory they cost
 
-    def checks(self, principal: Principal | None, ip: str | None, *, tokens: bool = True) -> list[Check]:
-        """The limits that apply: the key's and tenant's own (else the configured ones), the IP's, overall."""
+    def checks(
+        self, principal: Principal | None, ip: str | None, *, requests: bool = True, tokens: bool = True
+    ) -> list[Check]:
+        """The limits that apply: the key's and tenant's own (else the configured ones), the IP's,
+        overall; ``requests`` / ``tokens`` False leaves that kind out."""
         s = self.settings
         out: list[Check] = []
 
-        def add(scope: str, subject: str, requests: str | None, toks: str | None) -> None:
-            if requests:
-                out.append(Check(scope, subject, "requests", parse_rate(requests)))
+        def add(scope: str, subject: str, reqs: str | None, toks: str | None) -> None:
+            if reqs and requests:
+                out.append(Check(scope, subject, "requests", parse_rate(reqs)))
             if toks and tokens:
                 out.append(Check(scope, subject, "tokens", parse_rate(toks)))
 

@@ -120,6 +120,23 @@ class Router:
     def handles(self, model: str) -> bool:
         return model in self._groups or model in self._rules.virtual_models
 
+    def deployment_names(self, model: str) -> tuple[str, ...]:
+        """Every deployment a request for ``model`` may end up on: its group's and its fallbacks'
+        (for a virtual model, or a name this router does not serve: every deployment)."""
+        group = self._groups.get(model)
+        if group is None:
+            return tuple(dict.fromkeys(m.name for g in self._groups.values() for m in g.members))
+        names: dict[str, None] = {}
+        todo, seen = [group], set()
+        while todo:
+            g = todo.pop()
+            if g.name in seen:
+                continue
+            seen.add(g.name)
+            names.update((m.name, None) for m in g.members)
+            todo.extend(self._groups[f] for f in g.fallbacks if f in self._groups)
+        return tuple(names)
+
     def resolve(self, model: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
         """The group that serves this request."""
         if self._rules:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,10 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
+from ragline.access import AccessControl, AccessError
+from ragline.collection import TENANT_SEP
 from ragline.engine import Engine
 from ragline.errors import (
     CollectionBusy,
@@ -33,16 +37,21 @@ from ragline.errors import (
 )
 from ragline.gateway import build_router as build_gateway
 from ragline.gateway import codec
+from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import RequestStats, activate, current
 from ragline.observability.metrics import REGISTRY
 from ragline.server import model_threads
+from ragline.server.access_mw import AccessMiddleware, RequestAccess, access_error_type, request_access
+from ragline.server.admin_routes import build_admin_router
 from ragline.server.body_limit import BodyLimitMiddleware
+from ragline.server.caller import caller_of
 from ragline.server.completions import CompletionService
 from ragline.server.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, cancel_on_disconnect
 from ragline.server.errors import APIError, BadRequest, ModelNotFound, PayloadTooLarge, TooManyRequests
 from ragline.server.fastpath import GatewayFastPath
 from ragline.server.jobs import JobRefused, JobStore
 from ragline.server.knowledge import build_router
+from ragline.server.metering import Meter, Ticket, estimate_tokens
 from ragline.server.metrics_mw import MetricsMiddleware, observe_usage
 from ragline.server.protocol import (
     ChatCompletionRequest,
@@ -51,7 +60,9 @@ from ragline.server.protocol import (
     StreamOptions,
     error_body,
 )
-from ragline.server.serving import ChatService, EmbeddingService
+from ragline.server.serving import RAG_PREFIX, ChatService, EmbeddingService
+from ragline.store.base import AlreadyExists, StoreError
+from ragline.store.base import NotFound as StoreNotFound
 
 EMBEDDING_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 log = logging.getLogger("ragline.server")
@@ -83,7 +94,17 @@ class State:
             ttl_s=s.job_ttl_s,
             keep=s.max_finished_jobs,
         )
+        self.access = AccessControl(engine.settings)
+        self.meter = Meter(self.access, self.deployments_of)
+        self.caller = caller_of(engine)
         self.ready = False
+
+    def deployments_of(self, model: str) -> tuple[str, ...]:
+        """The deployments that may serve ``model`` (their prices bound what it can cost)."""
+        gw = self.gateway
+        if gw is not None and gw.handles(model):
+            return gw.deployment_names(model)
+        return ("local",)
 
 
 def _error(
@@ -113,6 +134,7 @@ def create_app(
             gc.freeze()
             state.ready = True
 
+        await state.access.start()  # the record store (migrated) and shared state, before any request
         loader = asyncio.create_task(asyncio.to_thread(load))
         await state.gateway.start()
         yield
@@ -121,6 +143,8 @@ def create_app(
         if not loader.done():
             loader.cancel()
         await state.embeddings.batcher.close()
+        await state.meter.drain()
+        await state.access.close()  # drains the spend writer: no settlement is lost
         model_threads.shutdown(engine)
         await asyncio.to_thread(engine.close)
 
@@ -166,12 +190,16 @@ def create_app(
         # a bug: still an OpenAI-shaped body (the traceback goes to the server log)
         return _error(500, "internal server error", "server_error")
 
-    # pure ASGI middleware (the last added runs first): metrics see every request, 413s included;
-    # gateway chat completions are served innermost, past FastAPI's routing (see fastpath.py)
+    # pure ASGI middleware (the last added runs first): metrics see every request, 401s and 413s included;
+    # gateway chat completions are served innermost, past FastAPI's routing (see fastpath.py);
+    # access control runs before any body is read
     app.add_middleware(
-        GatewayFastPath, gateway=lambda: state.gateway, handler=lambda r, h, rcv: serve_chat(r, h, rcv)
+        GatewayFastPath, gateway=lambda: state.gateway, handler=lambda r, sc, rcv: serve_chat(r, sc, rcv)
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(
+        AccessMiddleware, access=lambda: state.access, metrics_open=engine.settings.auth.metrics == "open"
+    )
     app.add_middleware(MetricsMiddleware, templates=lambda: _route_templates(app))
 
     # -- health -------------------------------------------------------------------------
@@ -193,32 +221,97 @@ def create_app(
     # -- OpenAI-compatible ----------------------------------------------------------------
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        names = await asyncio.to_thread(state.chat.models)
+    async def models(request: Request) -> dict[str, Any]:
+        caller = state.caller(request.scope)
+        names = await asyncio.to_thread(state.chat.models, caller.tenancy)
         emb = sorted(state.embeddings.model_names - EMBEDDING_ALIASES)
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "ragline"} for n in [*names, *emb]]
+        p = caller.access.principal if caller.access is not None else None
+        data = [
+            {"id": n, "object": "model", "created": 0, "owned_by": "ragline"}
+            for n in [*names, *emb]
+            if p is None or p.may_use(n)
+        ]
         return {"object": "list", "data": data}
+
+    # -- metering: the key's models, the tokens limits and budgets around each model call ----------
+
+    def chat_models(req: ChatCompletionRequest) -> tuple[str, ...]:
+        """The model names a chat request uses (``extra_body.rag`` uses a collection too)."""
+        if req.rag is not None and not req.model.startswith(RAG_PREFIX):
+            return (req.model, RAG_PREFIX + (req.rag.collection or engine.settings.default_collection))
+        return (req.model,)
+
+    def completion_cap(model: str) -> int | None:
+        group = engine.settings.gateway.models.get(model)
+        if group is not None:
+            return group.max_tokens
+        routed = state.gateway is not None and state.gateway.handles(model)
+        return None if routed else engine.settings.llm.n_ctx
+
+    def reserved_tokens(req: ChatCompletionRequest | CompletionRequest, ra: RequestAccess | None) -> int:
+        """The completion tokens to reserve; a budgeted request without max_tokens is given some."""
+        asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        if asked:
+            return asked
+        cap = completion_cap(req.model)
+        n = min(state.meter.assumed_max_tokens, cap) if cap else state.meter.assumed_max_tokens
+        if state.meter.needs_max_tokens(ra):
+            req.max_tokens = n  # passed on: the call cannot cost more than was reserved
+        return n
+
+    async def begin_chat(req: ChatCompletionRequest, ra: RequestAccess | None) -> Ticket | None:
+        if ra is None:
+            return None
+        state.meter.check_model(ra, *chat_models(req))
+        prompt = estimate_tokens(sum(len(m.text()) for m in req.messages), len(req.messages))
+        return await state.meter.begin(ra, req.model, prompt, reserved_tokens(req, ra))
+
+    def settle(ticket: Ticket | None, usage: Any, stats: RequestStats | None) -> None:
+        if ticket is None:
+            return
+        if isinstance(usage, dict):
+            prompt, completion = (
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+            )
+        elif stats is not None:
+            prompt, completion = stats.prompt_tokens, stats.completion_tokens
+        else:
+            prompt = completion = 0
+        deployment = stats.deployment if stats is not None and stats.deployment else "local"
+        state.meter.finish(ticket, deployment=deployment, prompt_tokens=prompt, completion_tokens=completion)
+
+    async def metered(ticket: Ticket | None, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            body = await call
+        except BaseException:
+            state.meter.release(ticket)
+            raise
+        settle(ticket, body.get("usage"), current())
+        return body
+
+    # -- OpenAI-compatible model calls --------------------------------------------------------------
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
-        return await chat_response(req, request.headers, request.receive)
+        return await chat_response(req, request.scope, request.receive)
 
-    async def chat_response(
-        req: ChatCompletionRequest, headers: Mapping[str, str], receive: Receive
-    ) -> Response:
+    async def chat_response(req: ChatCompletionRequest, scope: Scope, receive: Receive) -> Response:
+        caller = state.caller(scope)
+        ticket = await begin_chat(req, caller.access)
+        headers = Headers(scope=scope)
         if not req.stream:
             # a Response, not a dict: FastAPI's jsonable_encoder walk was a quarter of a proxied request's CPU
-            call = _observed(req.model, state.chat.complete(req, headers))
-            return _json(await cancel_on_disconnect(receive, call))
+            call = _observed(req.model, state.chat.complete(req, headers, caller.tenancy))
+            return _json(await cancel_on_disconnect(receive, metered(ticket, call)))
         wants_usage = _force_usage(req)
-        return await _streaming(req.model, state.chat.stream(req, headers), wants_usage)
+        gen = state.chat.stream(req, headers, caller.tenancy)
+        return await _streaming(req.model, gen, wants_usage, ticket, state.meter, settle)
 
-    async def serve_chat(
-        req: ChatCompletionRequest, headers: Mapping[str, str], receive: Receive
-    ) -> Response:
+    async def serve_chat(req: ChatCompletionRequest, scope: Scope, receive: Receive) -> Response:
         """The route's work for the fast path, errors shaped as the exception handlers shape them."""
         try:
-            return await chat_response(req, headers, receive)
+            return await chat_response(req, scope, receive)
         except APIError as e:
             return _error(e.status, e.message, e.type, e.param, e.code)
         except RaglineError as e:
@@ -228,19 +321,30 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Response | dict[str, Any]:
+        ra = request_access(request.scope)
+        ticket: Ticket | None = None
+        if ra is not None:
+            state.meter.check_model(ra, req.model)
+            prompt = estimate_tokens(_chars(req.prompt))
+            ticket = await state.meter.begin(ra, req.model, prompt, reserved_tokens(req, ra))
         if not req.stream:
-            return await cancel_on_disconnect(
-                request.receive, _observed(req.model, state.completions.complete(req))
-            )
+            call = _observed(req.model, state.completions.complete(req))
+            return await cancel_on_disconnect(request.receive, metered(ticket, call))
         wants_usage = _force_usage(req)
-        return await _streaming(req.model, state.completions.stream(req), wants_usage)
+        return await _streaming(
+            req.model, state.completions.stream(req), wants_usage, ticket, state.meter, settle
+        )
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
+        ra = request_access(request.scope)
+        ticket: Ticket | None = None
+        if ra is not None:
+            state.meter.check_model(ra, req.model)
+            ticket = await state.meter.begin(ra, req.model, estimate_tokens(_chars(req.input)), 0)
         # the vectors are pre-encoded (off the event loop for large requests): a Response, not a dict
-        return _json(
-            await cancel_on_disconnect(request.receive, _observed(req.model, state.embeddings.embed(req)))
-        )
+        call = _observed(req.model, state.embeddings.embed(req))
+        return _json(await cancel_on_disconnect(request.receive, metered(ticket, call)))
 
     @app.post("/v1/async/chat/completions", status_code=202)
     async def async_chat(req: ChatCompletionRequest, request: Request) -> dict[str, Any]:
@@ -250,42 +354,65 @@ def create_app(
             raise PayloadTooLarge(f"an async job's body is limited to {limit} bytes (server.max_job_bytes)")
         if req.stream:
             raise BadRequest("async jobs do not stream; poll GET /v1/jobs/{id}", param="stream")
-        if req.model not in await asyncio.to_thread(state.chat.models):
+        caller = state.caller(request.scope)
+        if req.model not in await asyncio.to_thread(state.chat.models, caller.tenancy):
             raise ModelNotFound(req.model)
         state.chat.check(req)  # the limits, before the job is accepted
+        ticket = await begin_chat(req, caller.access)  # the budget is reserved now, settled by the job
 
         async def work() -> dict[str, Any]:
             stats = RequestStats()
             activate(stats)  # the job's own context: its tokens are counted like a request's
-            body = await state.chat.complete(req)
+            body = await metered(ticket, state.chat.complete(req, tenancy=caller.tenancy))
             observe_usage(req.model, stats.deployment, body.get("usage"))
             return body
 
         try:
-            return state.jobs.submit_async("chat.completion", work).to_dict()
+            job = state.jobs.submit_async("chat.completion", work, owner=caller.key_id, tenant=caller.tenant)
         except JobRefused as e:
+            state.meter.release(ticket)
             raise TooManyRequests(e.message, retry_after=e.retry_after, code=e.code) from None
+        return job.to_dict()
 
     app.include_router(build_router(engine, state.jobs, max_body_bytes))
+    app.include_router(build_admin_router(state.access))
     return app
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
+_TENANT_PREFIX = re.compile(rf"(?<=')[a-z0-9][a-z0-9_.\-]{{0,62}}{TENANT_SEP}")
+
+
 def _ragline_error(e: RaglineError) -> JSONResponse:
-    if isinstance(e, CollectionNotFound | DocumentNotFound):
+    if isinstance(e, AccessError):
+        resp = _error(e.status_code, str(e), access_error_type(e), code=e.code)
+        resp.headers.update(e.headers)
+        return resp
+    if isinstance(e, StoreNotFound):
         return _error(404, str(e), "not_found_error")
+    if isinstance(e, AlreadyExists):
+        return _error(409, str(e), "invalid_request_error", code="already_exists")
+    if isinstance(e, StoreError):
+        log.error("record store failed: %s", e)
+        resp = _error(503, "the record store cannot be reached; retry shortly", "service_unavailable")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    # a tenant's collections are stored as <tenant>~<name>: its messages name them as the tenant does
+    message = _TENANT_PREFIX.sub("", str(e))
+    if isinstance(e, CollectionNotFound | DocumentNotFound):
+        return _error(404, message, "not_found_error")
     if isinstance(e, ContextLengthExceeded):
-        return _error(400, str(e), "invalid_request_error", code="context_length_exceeded")
+        return _error(400, message, "invalid_request_error", code="context_length_exceeded")
     if isinstance(e, InvalidFilter | ConfigError | InvalidRequest):
-        return _error(400, str(e), "invalid_request_error")
+        return _error(400, message, "invalid_request_error")
     if isinstance(e, CollectionBusy):
-        return _error(409, str(e), "invalid_request_error", code="collection_busy")
+        return _error(409, message, "invalid_request_error", code="collection_busy")
     if isinstance(e, LimitExceeded):
-        return _error(403, str(e), "invalid_request_error", code="limit_exceeded")
+        return _error(403, message, "invalid_request_error", code="limit_exceeded")
     if isinstance(e, CollectionUnavailable):
-        resp = _error(503, str(e), "service_unavailable", code="collection_unavailable")
+        resp = _error(503, message, "service_unavailable", code="collection_unavailable")
         resp.headers["Retry-After"] = "5"
         return resp
     return _error(500, _internal(e), "server_error")
@@ -332,6 +459,16 @@ async def _observed(model: str, call: Awaitable[dict[str, Any]]) -> dict[str, An
     return body
 
 
+def _chars(value: object) -> int:
+    """The characters of a prompt or input given as text, token ids, or lists of either (a token id
+    counts as a token's worth of characters)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(v) for v in value)
+    return CHARS_PER_TOKEN
+
+
 def _force_usage(req: ChatCompletionRequest | CompletionRequest) -> bool:
     """Ask the service for the usage chunk (for the token metrics); True if the client asked too."""
     wanted = bool(req.stream_options and req.stream_options.include_usage)
@@ -348,45 +485,74 @@ def _has_text(chunk: dict[str, Any]) -> bool:
     return bool(c.get("text") or (c.get("delta") or {}).get("content"))
 
 
-async def _streaming(model: str, gen: AsyncIterator[dict[str, Any]], wants_usage: bool) -> Response:
-    """SSE response for a chunk stream; errors before the first chunk become proper HTTP errors."""
+async def _streaming(
+    model: str,
+    gen: AsyncIterator[dict[str, Any]],
+    wants_usage: bool,
+    ticket: Ticket | None = None,
+    meter: Meter | None = None,
+    settle: Callable[[Ticket | None, Any, RequestStats | None], None] | None = None,
+) -> Response:
+    """SSE response for a chunk stream; errors before the first chunk become proper HTTP errors.
+
+    A metered stream (``ticket``) is settled when it ends, from its usage chunk; a stream cut short
+    before one (the client went away) is settled with a completion token per text chunk sent.
+    """
     stats = current()
     try:
         first = await anext(gen)
     except BaseException:
         if stats is not None and stats.deployment:
             stats.model = model
+        if meter is not None:
+            meter.release(ticket)
         raise
     if stats is not None:
         stats.model = model
+    seen: dict[str, Any] = {"usage": None, "chunks": 0}
 
     def encode(chunk: dict[str, Any]) -> bytes | None:
         usage = chunk.get("usage")
         if usage and not chunk.get("choices"):  # the usage chunk, last before [DONE]
+            seen["usage"] = usage
             if stats is not None:
                 stats.add_tokens(
                     int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                 )
             if not wants_usage:
                 return None
-        elif stats is not None and stats.first_token_at is None and _has_text(chunk):
-            stats.mark_first_token()
+        elif _has_text(chunk):
+            seen["chunks"] += 1
+            if stats is not None and stats.first_token_at is None:
+                stats.mark_first_token()
         return _sse(chunk)
 
+    def settled() -> None:
+        if settle is None or ticket is None:
+            return
+        usage = seen["usage"]
+        if usage is None:
+            prompt = stats.prompt_tokens if stats is not None else 0
+            usage = {"prompt_tokens": prompt, "completion_tokens": seen["chunks"]}
+        settle(ticket, usage, stats)
+
     async def sse() -> AsyncIterator[bytes]:
-        data = encode(first)
-        if data is not None:
-            yield data
         try:
-            async for chunk in gen:
-                data = encode(chunk)
-                if data is not None:
-                    yield data
-        except APIError as e:
-            yield _sse(error_body(e.message, e.type, e.param, e.code))
-        except RaglineError as e:
-            yield _sse(error_body(_internal(e), "server_error"))
-        yield b"data: [DONE]\n\n"
+            data = encode(first)
+            if data is not None:
+                yield data
+            try:
+                async for chunk in gen:
+                    data = encode(chunk)
+                    if data is not None:
+                        yield data
+            except APIError as e:
+                yield _sse(error_body(e.message, e.type, e.param, e.code))
+            except RaglineError as e:
+                yield _sse(error_body(_internal(e), "server_error"))
+            yield b"data: [DONE]\n\n"
+        finally:
+            settled()
 
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

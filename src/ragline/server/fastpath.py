@@ -17,11 +17,10 @@ It sits inside the metrics and body-limit middlewares: both still apply.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.datastructures import Headers
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,9 +30,9 @@ from ragline.server.protocol import ChatCompletionRequest
 
 PATH = "/v1/chat/completions"
 
-#: Serves a validated request: (request, headers, receive) -> the response (errors already
+#: Serves a validated request: (request, scope, receive) -> the response (errors already
 #: rendered); ``receive`` tells a non-streamed call that its client went away.
-Handler = Callable[[ChatCompletionRequest, Mapping[str, str], Receive], Awaitable[Response]]
+Handler = Callable[[ChatCompletionRequest, Scope, Receive], Awaitable[Response]]
 
 
 class GatewayFastPath:
@@ -55,7 +54,7 @@ class GatewayFastPath:
         if req is None:
             await self.app(scope, _replay(body, more, receive), send)
             return
-        response = await self._handler(req, Headers(scope=scope), receive)
+        response = await self._handler(req, scope, receive)
         if isinstance(response, StreamingResponse):
             await _stream(response, receive, send)
         else:

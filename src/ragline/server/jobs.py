@@ -72,8 +72,10 @@ class Job:
     chunks_done: int = 0
     result: dict[str, Any] | None = None
     error: str | None = None
-    #: The API key that submitted it (None until requests carry keys).
+    #: The API key that submitted it (its unfinished jobs are capped); None: no key.
     owner: str | None = None
+    #: The tenant that may see it; None: anyone (an app built without access control).
+    tenant: str | None = None
     cancel_requested: bool = False
     timed_out: bool = False
     #: ``time.monotonic()`` past which the job is stopped; None = no limit.
@@ -166,12 +168,12 @@ class JobStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get(self, job_id: str, owner: str | None = None) -> Job | None:
-        """The job, or None (unknown, expired, or another owner's)."""
+    def get(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job, or None (unknown, expired, or another tenant's)."""
         with self._lock:
             self._expire()
             job = self._jobs.get(job_id)
-            if job is None or (job.owner is not None and job.owner != owner):
+            if job is None or (job.tenant is not None and job.tenant != tenant):
                 return None
             return job
 
@@ -186,13 +188,19 @@ class JobStore:
     # -- submitting ----------------------------------------------------------------------------
 
     def submit(
-        self, kind: str, work: SyncWork, *, owner: str | None = None, cleanup: Cleanup | None = None
+        self,
+        kind: str,
+        work: SyncWork,
+        *,
+        owner: str | None = None,
+        tenant: str | None = None,
+        cleanup: Cleanup | None = None,
     ) -> Job:
         """Queue ``work`` for a worker thread. ``cleanup`` runs once when the job ends, whether its
         work ran or not (a job cancelled while queued). Raises JobRefused (cleanup not run)."""
         with self._lock:
             starts_now = self._running_ingest + len(self._queue) < self.max_running_ingest
-            job = self._admit(kind, owner, starts_now)
+            job = self._admit(kind, owner, tenant, starts_now)
             self._queue.append((job, work, cleanup))
             if self._workers < self.max_running_ingest:
                 self._workers += 1
@@ -200,12 +208,17 @@ class JobStore:
         return job
 
     def submit_async(
-        self, kind: str, work: Callable[[], Awaitable[dict[str, Any]]], *, owner: str | None = None
+        self,
+        kind: str,
+        work: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        owner: str | None = None,
+        tenant: str | None = None,
     ) -> Job:
         """Run ``work`` as a task on the running event loop (jobs that await rather than block)."""
         with self._lock:
             starts_now = self._async_running + self._async_waiting < self.max_running_async
-            job = self._admit(kind, owner, starts_now)
+            job = self._admit(kind, owner, tenant, starts_now)
             self._async_waiting += 1
         # a fresh context: the job outlives the request that submitted it
         task = asyncio.get_running_loop().create_task(
@@ -215,7 +228,7 @@ class JobStore:
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job
 
-    def _admit(self, kind: str, owner: str | None, starts_now: bool) -> Job:
+    def _admit(self, kind: str, owner: str | None, tenant: str | None, starts_now: bool) -> Job:
         """Check the bounds and register a queued job (caller holds the lock)."""
         self._expire()
         if self._closed:
@@ -236,7 +249,7 @@ class JobStore:
                 code="job_queue_full",
                 retry_after=self._retry_after(),
             )
-        job = Job(id="job-" + uuid.uuid4().hex[:20], kind=kind, owner=owner)
+        job = Job(id="job-" + uuid.uuid4().hex[:20], kind=kind, owner=owner, tenant=tenant)
         self._jobs[job.id] = job
         return job
 
@@ -253,14 +266,14 @@ class JobStore:
 
     # -- cancelling ------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
+    def cancel(self, job_id: str, tenant: str | None = None) -> Job | None:
         """Ask a job to stop; returns it (None if unknown). A queued job is cancelled at once; a
         running one is ``cancelling`` until its work stops. A finished job is left as it is."""
         cleanup: Cleanup | None = None
         with self._lock:
             self._expire()
             job = self._jobs.get(job_id)
-            if job is None or (job.owner is not None and job.owner != owner):
+            if job is None or (job.tenant is not None and job.tenant != tenant):
                 return None
             if job.finished:
                 return job

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ragline.collection import validate_name
 from ragline.engine import Engine
 from ragline.ingest.ids import normalize_id
-from ragline.server.errors import BadRequest, NotFound
+from ragline.server.caller import CallerDep
+from ragline.server.errors import BadRequest
 from ragline.server.jobs import JobStore
 from ragline.server.protocol import Text
 from ragline.server.serving import check_filters, check_query
@@ -29,47 +29,39 @@ class SearchRequest(BaseModel):
     filters: list[Text] | None = None
 
 
-def _collection_exists(engine: Engine, name: str) -> str:
-    validate_name(name)
-    if name not in engine.collections():
-        raise NotFound(f"collection {name!r} does not exist", param="collection")
-    return name
-
-
 def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
     @r.get("/collections")
-    async def list_collections() -> dict[str, Any]:
-        names = await asyncio.to_thread(engine.collections)
+    async def list_collections(caller: CallerDep) -> dict[str, Any]:
+        names = await asyncio.to_thread(caller.tenancy.collections)
         return {"object": "list", "data": [{"id": n, "object": "collection"} for n in names]}
 
     @r.post("/collections", status_code=201)
-    async def create_collection(body: CreateCollection) -> dict[str, Any]:
-        try:
-            validate_name(body.name)
-        except Exception as e:
-            raise BadRequest(str(e), param="name") from e
-        await asyncio.to_thread(engine.collection, body.name, create=True)
+    async def create_collection(body: CreateCollection, caller: CallerDep) -> dict[str, Any]:
+        stored = caller.tenancy.stored(body.name, "name")
+        await asyncio.to_thread(engine.collection, stored, create=True)
         return {"id": body.name, "object": "collection"}
 
     @r.delete("/collections/{name}")
-    async def delete_collection(name: str) -> dict[str, Any]:
-        _collection_exists(engine, name)
-        await asyncio.to_thread(engine.drop_collection, name)
+    async def delete_collection(name: str, caller: CallerDep) -> dict[str, Any]:
+        stored = caller.tenancy.existing(name)
+        await asyncio.to_thread(engine.drop_collection, stored)
         return {"id": name, "object": "collection", "deleted": True}
 
     @r.get("/collections/{name}/documents")
-    async def list_documents(name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        _collection_exists(engine, name)
+    async def list_documents(
+        name: str, caller: CallerDep, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        stored = caller.tenancy.existing(name)
         if not 1 <= limit <= 10000 or offset < 0:
             raise BadRequest("limit must be 1-10000 and offset >= 0", param="limit")
-        docs = await asyncio.to_thread(engine.documents, collection=name, limit=limit, offset=offset)
+        docs = await asyncio.to_thread(engine.documents, collection=stored, limit=limit, offset=offset)
         return {"object": "list", "data": [d.public() for d in docs]}
 
     @r.delete("/collections/{name}/documents/{doc_id:path}")
-    async def delete_document(name: str, doc_id: str) -> dict[str, Any]:
-        _collection_exists(engine, name)
+    async def delete_document(name: str, doc_id: str, caller: CallerDep) -> dict[str, Any]:
+        name = caller.tenancy.existing(name)
         try:  # at most a path's length: ids of files ingested by the CLI are their paths
             wanted = normalize_id(doc_id, what="doc_id", max_chars=4096)
         except ValueError as e:
@@ -80,8 +72,8 @@ def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRo
         return {"id": rec.doc_id, "object": "document", "deleted": True, "chunks": rec.n_chunks}
 
     @r.post("/collections/{name}/search")
-    async def search(name: str, body: SearchRequest) -> dict[str, Any]:
-        _collection_exists(engine, name)
+    async def search(name: str, body: SearchRequest, caller: CallerDep) -> dict[str, Any]:
+        name = caller.tenancy.existing(name)
         max_top_k = engine.settings.server.max_search_top_k
         if body.top_k > max_top_k:
             raise BadRequest(

@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
+
 import uvicorn
 
+from ragline.access.service import auth_in_use
 from ragline.config import Settings
 from ragline.engine import Engine
+from ragline.errors import ConfigError
 from ragline.server.app import create_app
 from ragline.server.connection import ConnectionLimits, limited_protocol
 
+log = logging.getLogger("ragline.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, host: str, *, insecure: bool) -> None:
+    """Refuse to serve open (no keys configured) on anything but loopback, unless ``insecure``."""
+    if is_loopback(host) or asyncio.run(auth_in_use(settings)):
+        return
+    if not insecure:
+        raise ConfigError(
+            f"refusing to serve on {host} with no API keys: anyone who can reach it could use every "
+            "route. Set RAGLINE_ADMIN_KEY (or auth.admin_key_file) or create a key with `ragline keys "
+            "create`, bind to 127.0.0.1, or pass --insecure to serve open anyway"
+        )
+    log.warning("serving on %s with no API keys (--insecure): every route is open to anyone", host)
+
 
 def serve(
-    settings: Settings, *, host: str | None = None, port: int | None = None, access_log: bool = False
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    access_log: bool = False,
+    insecure: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM.
 
@@ -20,6 +55,7 @@ def serve(
     jobs, stops the model threads and closes the collections.
     """
     s = settings.server
+    check_exposure(settings, host or s.host, insecure=insecure)
     engine = Engine(settings)
     app = create_app(engine, local_model=s.local_model, max_body_bytes=s.max_body_bytes)
     config = uvicorn.Config(

@@ -35,6 +35,7 @@ from ragline.server.batching import DynamicBatcher
 from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
+from ragline.server.tenancy import Tenancy
 from ragline.types import Answer
 
 RAG_PREFIX = "rag/"
@@ -94,26 +95,34 @@ class ChatService:
         #: Routes the gateway's model names (non-RAG chat) to their deployments.
         self.gateway = gateway
 
-    def models(self) -> list[str]:
+    def models(self, tenancy: Tenancy | None = None) -> list[str]:
+        """Every model name: the local model, the gateway's, ``rag/<collection>`` for the tenant's
+        collections (blocking: reads the data directory)."""
         gateway_models = self.gateway.models() if self.gateway is not None else []
-        return [self.local_model, *gateway_models, *(RAG_PREFIX + c for c in self._engine.collections())]
+        names = tenancy.collections() if tenancy is not None else self._engine.collections()
+        return [self.local_model, *gateway_models, *(RAG_PREFIX + c for c in names)]
 
     def _routed(self, req: ChatCompletionRequest) -> Router | None:
         """The gateway when it serves this model name (the local model and rag/ names never are)."""
         gw = self.gateway
         return gw if gw is not None and gw.handles(req.model) else None
 
-    def _resolve(self, req: ChatCompletionRequest) -> str | None:
-        """None for the local model, else the RAG collection to answer from."""
+    def _resolve(self, req: ChatCompletionRequest, tenancy: Tenancy | None) -> str | None:
+        """None for the local model, else the stored name of the RAG collection to answer from."""
         if req.model.startswith(RAG_PREFIX):
             name = req.model[len(RAG_PREFIX) :]
-            if name not in self._engine.collections():
+            stored = tenancy.stored(name, "model") if tenancy is not None else name
+            if stored not in self._engine.collections():
                 raise ModelNotFound(req.model)
-            return name
+            return stored
         if req.model != self.local_model:
             raise ModelNotFound(req.model)
         if req.rag is not None:
-            return req.rag.collection or self._engine.settings.default_collection
+            if tenancy is None:
+                return req.rag.collection or self._engine.settings.default_collection
+            if req.rag.collection is None:
+                return tenancy.default_collection()
+            return tenancy.stored(req.rag.collection, "rag.collection")
         return None
 
     def _question(self, req: ChatCompletionRequest) -> str:
@@ -170,12 +179,15 @@ class ChatService:
     # -- non-streaming -------------------------------------------------------------------
 
     async def complete(
-        self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
+        self,
+        req: ChatCompletionRequest,
+        headers: Mapping[str, str] | None = None,
+        tenancy: Tenancy | None = None,
     ) -> dict[str, Any]:
         self.check(req)
         if (router := self._routed(req)) is not None:
             return await routed.complete(router, req, headers)
-        collection = self._resolve(req)
+        collection = self._resolve(req, tenancy)
         with stop_when_abandoned() as on_token:  # the client went away: the generation stops
             if collection is not None:
                 answer = await self._answer(req, collection, on_token)
@@ -261,7 +273,10 @@ class ChatService:
     # -- streaming -----------------------------------------------------------------------
 
     async def stream(
-        self, req: ChatCompletionRequest, headers: Mapping[str, str] | None = None
+        self,
+        req: ChatCompletionRequest,
+        headers: Mapping[str, str] | None = None,
+        tenancy: Tenancy | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield chat.completion.chunk dicts; validation errors raise before the first yield."""
         self.check(req)
@@ -270,7 +285,7 @@ class ChatService:
                 async for part in chunks:
                     yield part
             return
-        collection = self._resolve(req)
+        collection = self._resolve(req, tenancy)
         if collection is not None:
             self._question(req)
         bridge = TokenBridge(asyncio.get_running_loop())

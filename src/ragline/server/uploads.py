@@ -26,13 +26,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, Field, field_validator
 
-from ragline.collection import validate_name
+from ragline.collection import TENANT_SEP
 from ragline.engine import Engine
 from ragline.errors import InvalidRequest, ParseError
 from ragline.ingest.cleaning import clean_text
 from ragline.ingest.ids import MAX_DOC_ID_CHARS, normalize_id, upload_name
 from ragline.ingest.isolation import parse_file_isolated
 from ragline.ingest.parsers import ParseLimits, supported_suffixes
+from ragline.server.caller import Caller, CallerDep
 from ragline.server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRequests
 from ragline.server.jobs import Job, JobRefused, JobStore, ProgressFn, StopFn, bounded_report
 from ragline.server.protocol import Text
@@ -55,10 +56,10 @@ class UploadDocuments(BaseModel):
     documents: list[TextDocument] = Field(min_length=1)
 
 
-def submit(jobs: JobStore, work: Any, cleanup: Any = None) -> Job:
+def submit(jobs: JobStore, caller: Caller, work: Any, cleanup: Any = None) -> Job:
     """Submit an ingest job; a full queue is a 429 with Retry-After (and the upload is cleaned up)."""
     try:
-        return jobs.submit("ingest", work, cleanup=cleanup)
+        return jobs.submit("ingest", work, owner=caller.key_id, tenant=caller.tenant, cleanup=cleanup)
     except JobRefused as e:
         if cleanup is not None:
             cleanup()
@@ -72,7 +73,7 @@ def _conflict(engine: Engine, collection: str, doc_id: str, source: str) -> str 
         return None
     return (
         f"a document with id {doc_id!r} from another source already exists in collection "
-        f"{collection!r}; send replace=true to replace it, or a doc_id to keep both"
+        f"{collection.rpartition(TENANT_SEP)[2]!r}; send replace=true to replace it, or a doc_id to keep both"
     )
 
 
@@ -88,13 +89,14 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
     """The routes, without a prefix: ``knowledge.build_router`` includes them under ``/v1``."""
     r = APIRouter()
 
-    async def _can_store(name: str) -> None:
-        validate_name(name)
-        await asyncio.to_thread(engine.check_can_create, name)
+    async def _can_store(caller: Caller, name: str) -> str:
+        stored = caller.tenancy.stored(name)
+        await asyncio.to_thread(engine.check_can_create, stored)
+        return stored
 
     @r.post("/collections/{name}/documents", status_code=202)
-    async def upload_documents(name: str, body: UploadDocuments) -> dict[str, Any]:
-        await _can_store(name)
+    async def upload_documents(name: str, body: UploadDocuments, caller: CallerDep) -> dict[str, Any]:
+        name = await _can_store(caller, name)
         docs = [
             ParsedDocument(
                 doc_id=d.id,
@@ -112,11 +114,12 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
             )
             return bounded_report(report.to_dict())
 
-        return submit(jobs, work).to_dict()
+        return submit(jobs, caller, work).to_dict()
 
     @r.post("/collections/{name}/files", status_code=202)
     async def upload_file(
         name: str,
+        caller: CallerDep,
         file: Annotated[UploadFile, File()],
         doc_id: Annotated[str | None, Form(max_length=MAX_DOC_ID_CHARS)] = None,
         replace: Annotated[bool, Form()] = False,
@@ -133,7 +136,7 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
             ident = normalize_id(doc_id, what="doc_id") if doc_id is not None else filename
         except ValueError as e:
             raise BadRequest(str(e), param="doc_id") from None
-        await _can_store(name)
+        name = await _can_store(caller, name)
         check_conflict = doc_id is None and not replace and suffix != ".jsonl"
         if check_conflict and (why := await asyncio.to_thread(_conflict, engine, name, ident, source)):
             raise Conflict(why, param="file", code="document_exists")
@@ -179,20 +182,20 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
             report.failed[:0] = failed
             return _outcome(report)
 
-        return submit(jobs, work, cleanup).to_dict()
+        return submit(jobs, caller, work, cleanup).to_dict()
 
     @r.get("/jobs/{job_id}")
-    async def get_job(job_id: str) -> dict[str, Any]:
-        job = jobs.get(job_id)
+    async def get_job(job_id: str, caller: CallerDep) -> dict[str, Any]:
+        job = jobs.get(job_id, caller.tenant)
         if job is None:
             raise NotFound(f"no job {job_id!r}", param="job_id")
         return job.to_dict()
 
     @r.post("/jobs/{job_id}/cancel")
-    async def cancel_job(job_id: str) -> dict[str, Any]:
+    async def cancel_job(job_id: str, caller: CallerDep) -> dict[str, Any]:
         """Cancel a job: a queued one at once, a running one at its next stop point (its status
         is ``cancelling`` until then). A job that already succeeded or failed is a 409."""
-        job = jobs.cancel(job_id)
+        job = jobs.cancel(job_id, caller.tenant)
         if job is None:
             raise NotFound(f"no job {job_id!r}", param="job_id")
         if job.status in ("succeeded", "failed"):
