@@ -20,6 +20,10 @@ from ragline.store.records import Settlement, SpendRecord
 
 log = logging.getLogger(__name__)
 
+LINGER_S = 0.02
+"""After a quiet spell, the writer waits this long before its first transaction, so sequential
+requests share one (at 1,000 requests/s, ~20 per transaction instead of 1)."""
+
 
 @dataclass
 class SpendStats:
@@ -97,6 +101,8 @@ class SpendRecorder:
                     return
                 await self._wake.wait()
                 self._wake.clear()
+                if not self._closing:  # gather what arrives meanwhile: one transaction, not one per request
+                    await asyncio.sleep(LINGER_S)
                 continue
             n = self._settings.batch_size
             settlements = [self._settlements.popleft() for _ in range(min(n, len(self._settlements)))]
