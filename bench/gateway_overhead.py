@@ -60,7 +60,12 @@ DEFAULT_LITELLM_VENV = BENCH / ".litellm-venv"
 PATH = "/v1/chat/completions"
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 STREAM_BODY = {**BODY, "stream": True}
-TARGETS = ("direct", "floor", "ragline", "litellm")
+TARGETS = ("direct", "floor", "ragline", "ragline-auth", "ragline-shared", "litellm", "litellm-key")
+ACCESS_TARGETS = {"ragline-auth": "embedded", "ragline-shared": "shared"}
+# limits and budgets high enough that the benchmark never reaches them: every one is checked on
+# every request, none refuses
+BIG_RATE = "1000000000/minute"
+BIG_BUDGET = "1000000000"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -74,6 +79,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     cpu_of: list[int] = field(default_factory=list)  # pids whose CPU counts as this target's
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (the API key)
 
     @property
     def url(self) -> str:
@@ -157,13 +163,28 @@ def start_floor(workdir: Path, mock: Server) -> Server:
     return server
 
 
-def start_ragline(workdir: Path, mock: Server, name: str = "ragline", src: Path | None = None) -> Server:
+def start_ragline(
+    workdir: Path,
+    mock: Server,
+    name: str = "ragline",
+    src: Path | None = None,
+    access: str | None = None,
+    store_url: str | None = None,
+    state_url: str | None = None,
+) -> Server:
     """``ragline serve`` in front of the mock; ``src``: run that checkout's ``src/`` instead of this one
-    (same virtualenv), for a side-by-side before/after row."""
+    (same virtualenv), for a side-by-side before/after row.
+
+    ``access``: None = no keys (the server runs open on loopback); otherwise an application key of a
+    tenant, both with a requests and a tokens rate limit and a monthly budget, and a price for the
+    model, so every request is authenticated, counted against four rate limits, reserves its cost
+    in two budgets and settles it after the call. ``store_url`` / ``state_url``: PostgreSQL and
+    Redis ("shared"); SQLite and in-process counters otherwise ("embedded").
+    """
     workdir = workdir / name
     workdir.mkdir(exist_ok=True)
     config = workdir / "ragline.yaml"
-    config.write_text(
+    text = (
         f"data_dir: {workdir / 'ragline-data'}\n"
         "gateway:\n"
         "  deployments:\n"
@@ -174,9 +195,35 @@ def start_ragline(workdir: Path, mock: Server, name: str = "ragline", src: Path 
         "  models:\n"
         "    mock: {deployments: [mock]}\n"
     )
+    if access:
+        text += "prices:\n  models:\n    mock: {input_per_million: 1.0, output_per_million: 2.0}\n"
+        if store_url:
+            text += f"store:\n  url: {store_url}\n"
+        if state_url:
+            text += f"state:\n  url: {state_url}\n"
+    config.write_text(text)
     ragline = Path(sys.executable).parent / "ragline"
-    argv = [str(ragline), "serve", "--config", str(config), "--port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
+    headers: dict[str, str] = {}
+    if access:
+        limits = ["--budget", BIG_BUDGET, "--period", "month", "--requests", BIG_RATE, "--tokens", BIG_RATE]
+        cli = [str(ragline)]
+        conf = ["--config", str(config)]
+        subprocess.run(
+            [*cli, "tenants", "create", "bench", *limits, *conf],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        out = subprocess.run(
+            [*cli, "keys", "create", "--tenant", "bench", "--name", "bench", *limits, "--json", *conf],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
+        headers["authorization"] = "Bearer " + json.loads(out)["api_key"]
+    argv = [str(ragline), "serve", "--config", str(config), "--port", str(_free_port())]
     if src is not None:
         argv = [
             sys.executable,
@@ -186,6 +233,7 @@ def start_ragline(workdir: Path, mock: Server, name: str = "ragline", src: Path 
         ]
         env["PYTHONPATH"] = str(src / "src")
     server = _start(name, argv, workdir, env)
+    server.headers = headers
     _wait_ready(server, "/health/ready", 120)  # the embedded models load in the background first
     return server
 
@@ -205,7 +253,21 @@ def litellm_version(venv: Path) -> str:
     return m.group(1) if m else "unknown"
 
 
-def start_litellm(workdir: Path, mock: Server, venv: Path) -> Server:
+LITELLM_MASTER_KEY = "sk-bench-master-" + "0" * 32
+PRISMA_OFFLINE = (
+    "LiteLLM's virtual keys, budgets and rate limits need its database, reached through Prisma; "
+    "`prisma` (PyPI 0.15.0) fetches its engine binaries from binaries.prisma.sh when first run, "
+    "which fails offline (getaddrinfo ENOTFOUND binaries.prisma.sh), so 'litellm-key' "
+    "authenticates LiteLLM's master key, with no database"
+)
+
+
+def start_litellm(
+    workdir: Path, mock: Server, venv: Path, name: str = "litellm", key: bool = False
+) -> Server:
+    """The LiteLLM proxy; ``key``: with a master key that every request must present (see PRISMA_OFFLINE)."""
+    workdir = workdir / name
+    workdir.mkdir(exist_ok=True)
     config = workdir / "litellm.yaml"
     config.write_text(
         "model_list:\n"
@@ -220,13 +282,19 @@ def start_litellm(workdir: Path, mock: Server, venv: Path) -> Server:
         LITELLM_LOCAL_MODEL_COST_MAP="True",  # no fetch of the model price map from GitHub
         LITELLM_TELEMETRY_DISABLED="true",
         LITELLM_LOG="ERROR",  # its uvicorn log level too: no access log lines
-        LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true",  # no auth, like ragline here
         NO_DOCS="True",
     )
+    headers: dict[str, str] = {}
+    if key:
+        env["LITELLM_MASTER_KEY"] = LITELLM_MASTER_KEY
+        headers["authorization"] = "Bearer " + LITELLM_MASTER_KEY
+    else:
+        env["LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY"] = "true"  # no auth, like ragline open
     port = _free_port()
     argv = [str(venv / "bin" / "litellm"), "--config", str(config)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    server = _start("litellm", argv, workdir, env)
+    server = _start(name, argv, workdir, env)
+    server.headers = headers
     _wait_ready(server, "/health/liveliness", 180)
     return server
 
@@ -249,16 +317,16 @@ def sequential(servers: dict[str, Server], n: int, rounds: int) -> dict[str, Any
         for name, s in servers.items()
     }
     body = json.dumps(BODY).encode()
-    headers = {"content-type": "application/json"}
+    headers = {name: {"content-type": "application/json", **s.headers} for name, s in servers.items()}
     lat: dict[str, list[float]] = {name: [] for name in servers}
     per_round: dict[str, list[float]] = {name: [] for name in servers}
     cpu = dict.fromkeys(servers, 0.0)
     header_ms: list[float] = []
     per = max(1, n // rounds)
     try:
-        for c in clients.values():  # warm up: connections, caches, LiteLLM's first-call setup
+        for name, c in clients.items():  # warm up: connections, caches, LiteLLM's first-call setup
             for _ in range(50):
-                c.post(PATH, content=body, headers=headers).raise_for_status()
+                c.post(PATH, content=body, headers=headers[name]).raise_for_status()
         for _, order in _rotations(list(servers), rounds):
             for name in order:
                 c = clients[name]
@@ -266,7 +334,7 @@ def sequential(servers: dict[str, Server], n: int, rounds: int) -> dict[str, Any
                 cpu0 = servers[name].cpu_seconds()
                 for _ in range(per):
                     t0 = time.perf_counter_ns()
-                    r = c.post(PATH, content=body, headers=headers)
+                    r = c.post(PATH, content=body, headers=headers[name])
                     _ = r.content
                     got.append((time.perf_counter_ns() - t0) / 1e6)
                     if r.status_code != 200:
@@ -316,33 +384,38 @@ def streaming(servers: dict[str, Server], n: int, rounds: int) -> dict[str, Any]
         for name, s in servers.items()
     }
     body = json.dumps(STREAM_BODY).encode()
-    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    base = {"content-type": "application/json", "accept": "text/event-stream"}
+    headers = {name: {**base, **s.headers} for name, s in servers.items()}
     ttfb: dict[str, list[float]] = {name: [] for name in servers}
     total: dict[str, list[float]] = {name: [] for name in servers}
     per = max(1, n // rounds)
 
-    def one(c: httpx.Client) -> tuple[float, float, bytes]:
+    def one(name: str) -> tuple[float, float, bytes]:
+        c = clients[name]
         t0 = time.perf_counter_ns()
-        with c.stream("POST", PATH, content=body, headers=headers) as r:
-            it = r.iter_raw()
-            first = next(it, b"")
-            t1 = time.perf_counter_ns()
-            rest = b"".join(it)
-            t2 = time.perf_counter_ns()
-            if r.status_code != 200:
-                raise SystemExit(f"HTTP {r.status_code}: {(first + rest)[:300]!r}")
+        try:
+            with c.stream("POST", PATH, content=body, headers=headers[name]) as r:
+                it = r.iter_raw()
+                first = next(it, b"")
+                t1 = time.perf_counter_ns()
+                rest = b"".join(it)
+                t2 = time.perf_counter_ns()
+                if r.status_code != 200:
+                    raise SystemExit(f"{name}: HTTP {r.status_code}: {(first + rest)[:300]!r}")
+        except httpx.HTTPError as e:
+            raise SystemExit(f"{name}: {e!r}") from e
         return (t1 - t0) / 1e6, (t2 - t0) / 1e6, first + rest
 
     try:
-        for c in clients.values():
+        for name in clients:
             for _ in range(20):
-                _, _, data = one(c)
+                _, _, data = one(name)
                 if b"[DONE]" not in data:
                     raise SystemExit(f"stream without [DONE]: {data[-300:]!r}")
         for _, order in _rotations(list(servers), rounds):
             for name in order:
                 for _ in range(per):
-                    a, b, _ = one(clients[name])
+                    a, b, _ = one(name)
                     ttfb[name].append(a)
                     total[name].append(b)
     finally:
@@ -428,12 +501,15 @@ def run_wrk(wrk: str, url: str, conns: int, duration: float, lua: Path) -> LoadR
     return LoadRun(requests, seconds, errors, _ms(pct["50"]), _ms(pct["99"]), usage.ru_utime + usage.ru_stime)
 
 
-async def _async_load(port: int, conns: int, duration: float) -> tuple[list[float], int]:
+async def _async_load(
+    port: int, conns: int, duration: float, headers: dict[str, str]
+) -> tuple[list[float], int]:
     """A minimal HTTP/1.1 keep-alive load client: prebuilt request bytes, Content-Length bodies."""
     body = json.dumps(BODY).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     req = (
         f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     lat: list[float] = []
     errors = 0
@@ -462,10 +538,10 @@ async def _async_load(port: int, conns: int, duration: float) -> tuple[list[floa
     return lat, errors
 
 
-def run_asyncio(port: int, conns: int, duration: float) -> LoadRun:
+def run_asyncio(port: int, conns: int, duration: float, headers: dict[str, str]) -> LoadRun:
     before = os.times()
     t0 = time.perf_counter()
-    lat, errors = asyncio.run(_async_load(port, conns, duration))
+    lat, errors = asyncio.run(_async_load(port, conns, duration, headers))
     seconds = time.perf_counter() - t0
     after = os.times()
     cpu = (after.user - before.user) + (after.system - before.system)
@@ -481,15 +557,18 @@ def load(
     wrk: str | None,
     tmp: Path,
 ) -> dict[str, Any]:
-    lua = tmp / "post.lua"
-    lua.write_text(_WRK_LUA.format(body=json.dumps(BODY)))
+    luas: dict[str, Path] = {}
+    for server in servers.values():
+        lua = luas[server.name] = tmp / f"post-{server.name}.lua"
+        extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in server.headers.items())
+        lua.write_text(_WRK_LUA.format(body=json.dumps(BODY)) + extra)
 
     def once(server: Server, seconds: float) -> tuple[LoadRun, float, float]:
         cpu0, mock0 = server.cpu_seconds(), mock.cpu_seconds()
         if wrk:
-            run = run_wrk(wrk, server.url, conns, seconds, lua)
+            run = run_wrk(wrk, server.url, conns, seconds, luas[server.name])
         else:
-            run = run_asyncio(server.port, conns, seconds)
+            run = run_asyncio(server.port, conns, seconds, server.headers)
         return run, server.cpu_seconds() - cpu0, mock.cpu_seconds() - mock0
 
     for s in servers.values():  # warm up at this concurrency (connection pools, lazy setup)
@@ -548,15 +627,26 @@ def bars(seq: dict[str, Any], stream: dict[str, Any], ld: dict[str, Any] | None)
             "ratio": lite["added_p50_ms"] / rag["added_p50_ms"] if rag["added_p50_ms"] > 0 else None,
             "met": rag["added_p50_ms"] <= limit,
         }
-    if ld and "ragline" in ld["targets"] and "litellm" in ld["targets"]:
-        ratio = ld["targets"]["ragline"]["rps_per_core"] / ld["targets"]["litellm"]["rps_per_core"]
+    lt = ld["targets"] if ld else {}
+    if "ragline" in lt and "litellm" in lt:
+        ratio = lt["ragline"]["rps_per_core"] / lt["litellm"]["rps_per_core"]
         out["ragline_rps_per_core_ge_10x_litellm"] = {"ratio": ratio, "met": ratio >= 10.0}
+    # issue 11: auth + rate limits + budgets on
+    for name, limit_ms in (("ragline-auth", 0.4), ("ragline-shared", 0.6)):
+        if name in t:
+            added = t[name]["added_p50_ms"]
+            out[f"{name}_p50_added_le_{limit_ms}ms"] = {"value_ms": added, "met": added <= limit_ms}
+        for peer in ("litellm-key", "litellm"):
+            if name in lt and peer in lt:
+                ratio = lt[name]["rps_per_core"] / lt[peer]["rps_per_core"]
+                out[f"{name}_rps_per_core_ge_40x_{peer}"] = {"ratio": ratio, "met": ratio >= 40.0}
+                break
     return out
 
 
 def print_table(seq: dict[str, Any], stream: dict[str, Any], ld: dict[str, Any] | None) -> None:
     print(
-        f"\n{'target':<9} {'P50 ms':>8} {'P99 ms':>8} {'+P50':>7} {'+P99':>7} {'TTFB':>7} {'+TTFB':>7}"
+        f"\n{'target':<15} {'P50 ms':>8} {'P99 ms':>8} {'+P50':>7} {'+P99':>7} {'TTFB':>7} {'+TTFB':>7}"
         f" {'RPS@64':>8} {'RPS/core':>9} {'P99@64':>8} {'CPU ms/req':>10}"
     )
     for name, s in seq["targets"].items():
@@ -567,7 +657,7 @@ def print_table(seq: dict[str, Any], stream: dict[str, Any], ld: dict[str, Any] 
             return format(v, fmt) if isinstance(v, float | int) else "-".rjust(7)
 
         print(
-            f"{name:<9} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {f(s.get('added_p50_ms'))} "
+            f"{name:<15} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {f(s.get('added_p50_ms'))} "
             f"{f(s.get('added_p99_ms'))} {st['ttfb_p50_ms']:>7.2f} {f(st.get('added_ttfb_p50_ms'))} "
             f"{f(lt.get('rps'), '8.0f')} {f(lt.get('rps_per_core'), '9.0f')} {f(lt.get('p99_ms'), '8.1f')}"
             f" {s['server_cpu_ms_per_request']:>10.3f}"
@@ -608,11 +698,13 @@ def main() -> None:
             raise SystemExit("wrk is not installed (apt-get install wrk)")
         if wrk is None:
             print("wrk not available: using the asyncio load client", flush=True)
-    venv = litellm_venv(args.litellm_venv, args.reinstall_litellm) if "litellm" in targets else None
+    wants_litellm = any(t.startswith("litellm") for t in targets)
+    venv = litellm_venv(args.litellm_venv, args.reinstall_litellm) if wants_litellm else None
 
     tmp = Path(tempfile.mkdtemp(prefix="ragline-gw-bench-"))
     load_start = os.getloadavg()[0]
     started: list[Server] = []
+    shared = contextlib.ExitStack()
     try:
         mock = start_mock(tmp)
         started.append(mock)
@@ -629,10 +721,25 @@ def main() -> None:
             servers["ragline-before"] = start_ragline(tmp, mock, "ragline-before", args.ragline_before)
             started.append(servers["ragline-before"])
             targets.append("ragline-before")
-        if "litellm" in targets:
-            assert venv is not None
-            servers["litellm"] = start_litellm(tmp, mock, venv)
-            started.append(servers["litellm"])
+        for name, access in ACCESS_TARGETS.items():
+            if name not in targets:
+                continue
+            store_url = state_url = None
+            if access == "shared":
+                from tests.services import postgres_server, redis_server  # the suite's real servers
+
+                print("starting PostgreSQL (durable: fsync and synchronous commits on) and Redis ...")
+                store_url = shared.enter_context(postgres_server(durable=True))
+                state_url = shared.enter_context(redis_server())
+            servers[name] = start_ragline(
+                tmp, mock, name, access=access, store_url=store_url, state_url=state_url
+            )
+            started.append(servers[name])
+        for name in ("litellm", "litellm-key"):
+            if name in targets:
+                assert venv is not None
+                servers[name] = start_litellm(tmp, mock, venv, name, key=name == "litellm-key")
+                started.append(servers[name])
         pids = {n: s.proc.pid for n, s in servers.items()}
         print(f"servers up: {pids} (logs in {tmp}, removed after a successful run)", flush=True)
         if args.hold > 0:
@@ -651,6 +758,7 @@ def main() -> None:
     finally:
         for s in reversed(started):
             s.stop()
+        shared.close()
     shutil.rmtree(tmp, ignore_errors=True)  # the servers' logs and data; kept when the run failed
     print_table(seq, stream, ld)
     result: dict[str, Any] = {
@@ -658,6 +766,7 @@ def main() -> None:
         # 1-minute load average at the start and the end: the machine may be shared
         "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "litellm_version": litellm_version(venv) if venv else None,
+        "litellm_key": PRISMA_OFFLINE if "litellm-key" in targets else None,
         "sequential": seq,
         "streaming": stream,
         "load": ld,

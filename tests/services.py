@@ -89,8 +89,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL on 127.0.0.1 (trust auth, no fsync); yields the URL of its ``postgres`` db.
+def postgres_server(durable: bool = False) -> Iterator[str]:
+    """A throwaway PostgreSQL on 127.0.0.1 (trust auth); yields the URL of its ``postgres`` db.
+
+    Without ``durable`` it runs with fsync and synchronous commits off (fast tests); with it, with
+    PostgreSQL's own defaults, as a production server runs (benchmarks).
 
     PostgreSQL refuses to run as root: as root, it runs as the ``postgres`` user the package creates.
     """
@@ -116,12 +119,11 @@ def postgres_server() -> Iterator[str]:
         "listen_addresses": "127.0.0.1",
         "port": str(port),
         "unix_socket_directories": str(root),
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
         "max_connections": "300",
         "shared_buffers": "64MB",
     }
+    if not durable:
+        settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
     args = [str(postgres), "-D", str(data)]
     for k, v in settings.items():
         args += ["-c", f"{k}={v}"]

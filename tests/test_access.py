@@ -33,7 +33,7 @@ from ragline.access.keys import generate_key, hash_key, key_id_of, matches
 from ragline.access.models import check_patterns, model_allowed
 from ragline.config import AuthSettings, PricesSettings, Settings, load_settings
 from ragline.errors import ConfigError
-from ragline.store import NotFound, Usage, usd_to_nano
+from ragline.store import NotFound, StoreError, Usage, usd_to_nano
 from services import fresh_database
 
 pytestmark = pytest.mark.timeout(120)
@@ -328,12 +328,21 @@ async def test_100_concurrent_requests_against_a_budget_that_fits_10(make_access
 
 
 async def test_a_budget_holds_exactly_across_two_replicas(make_access: Factory) -> None:
+    """Shared (PostgreSQL + Redis): exact across replicas. Embedded (SQLite): budgets are counted in
+    the memory of the one server that uses them; a second one on the same records file is refused."""
     a = await make_access(**_priced())
     b = await make_access(**_priced())
     await a.admin.create_tenant("acme", budget_usd="0.01", period="month")
     created = await a.admin.create_key("acme")
     pa = await a.auth.authenticate(created.key, None)
     pb = await b.auth.authenticate(created.key, None)
+    if a.store.kind == "sqlite":
+        assert a.budgets.ledger.kind == "memory"
+        await a.budgets.reserve(pa, "gpt", prompt_tokens=0, max_tokens=100)
+        with pytest.raises(StoreError, match="another ragline server uses budgets on this records file"):
+            await b.budgets.reserve(pb, "gpt", prompt_tokens=0, max_tokens=100)
+        return
+    assert a.budgets.ledger.kind == "redis"
 
     async def request(ac: AccessControl, p: Principal) -> bool:
         try:
@@ -348,6 +357,29 @@ async def test_a_budget_holds_exactly_across_two_replicas(make_access: Factory) 
     await a.recorder.flush()
     await b.recorder.flush()
     assert await a.store.usage("tenant:acme", window_of("month", time.time())) == Usage(10_000_000, 0)
+
+
+async def test_spent_budget_is_counted_after_a_restart_and_after_lost_counters(make_access: Factory) -> None:
+    """The ledger (memory, or Redis) reads what a window has spent from the store: a new process, or
+    Redis counters that expired or were flushed, still see the spend that was settled."""
+    a = await make_access(**_priced())
+    created = await a.admin.create_key("default", budget_usd="0.003", period="total")  # 3 maximums
+    p = await a.auth.authenticate(created.key, None)
+    for _ in range(2):
+        r = await a.budgets.reserve(p, "gpt", 0, 100)
+        a.budgets.settle(r, deployment="d", prompt_tokens=0, completion_tokens=100)
+    await a.close()  # drains the spend writer into the store
+    if a.state.kind == "redis":
+        redis = a.state.client  # type: ignore[attr-defined]
+        prefix = a.settings.state.key_prefix
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:budget:*")]
+        assert keys
+        await redis.delete(*keys)  # as if they expired, or Redis restarted empty
+    b = await make_access(**_priced())
+    pb = await b.auth.authenticate(created.key, None)
+    await b.budgets.reserve(pb, "gpt", 0, 100)  # the third maximum fits
+    with pytest.raises(BudgetExceeded, match=r"\(\$0 left"):
+        await b.budgets.reserve(pb, "gpt", 0, 100)
 
 
 async def test_settling_below_the_maximum_returns_the_difference(make_access: Factory) -> None:

@@ -49,7 +49,7 @@ def test_tenants_and_keys_round_trip(cli: CliRunner) -> None:
         "--expires", "30d", "--budget", "1.5", "--period", "day", "--json",
     )  # fmt: skip
     created = json.loads(out)
-    key = created["key"]
+    key = created["api_key"]
     assert key_id_of(key) == created["key_id"] and created["models"] == ["gpt-4o", "rag/acme-*"]
     assert created["budget"] == "$1.5/day" and created["status"] == "active"
     plain = _ok(cli, "keys", "create", "--admin")  # the default tenant; the key on its own line

@@ -1,9 +1,10 @@
 """Budgets: reserve a request's maximum cost before the call, settle its real cost after.
 
-The reservation is one atomic step in the shared store (every budget of the request fits, or
-none is touched), so concurrent requests, on any number of replicas, can never spend past a
-budget, and no request is refused while its maximum cost still fits. Settlements go through the
-``SpendRecorder`` (batched); a reservation never settled (its process died) is released after
+The reservation is one atomic step in the ledger (every budget of the request fits, or none is
+touched; see ``ragline.access.ledger`` for where it counts), so concurrent requests, on any number
+of replicas, can never spend past a budget, and no request is refused while its maximum cost
+still fits. Settlements release the reservation in the ledger at once and go to the store through
+the ``SpendRecorder`` (batched); a reservation never settled (its process died) is released after
 ``spend.reservation_ttl_s``.
 """
 
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ragline.access.errors import BudgetExceeded
+from ragline.access.ledger import BudgetLedger, StoreLedger
 from ragline.access.prices import PriceTable
 from ragline.access.principal import Principal
 from ragline.access.spend import SpendRecorder
 from ragline.config import SpendSettings
+from ragline.state.base import StateError
 from ragline.store.base import RecordStore, StoreError
 from ragline.store.records import Budget, BudgetItem, Period, Settlement, SpendRecord, nano_to_usd
 
@@ -55,8 +58,10 @@ class BudgetKeeper:
         recorder: SpendRecorder,
         settings: SpendSettings | None = None,
         clock: Callable[[], float] = time.time,
+        ledger: BudgetLedger | None = None,
     ) -> None:
         self._store = store
+        self.ledger = ledger or StoreLedger(store)
         self.prices = prices
         self._recorder = recorder
         self._settings = settings or SpendSettings()
@@ -81,21 +86,21 @@ class BudgetKeeper:
     ) -> Reservation:
         """Reserve the request's maximum cost in every budget that applies, or raise BudgetExceeded.
 
-        No store round trip when no budget applies or the request cannot cost anything.
+        No ledger call when no budget applies or the request cannot cost anything.
         """
         cost = self.prices.max_cost_nano(model, prompt_tokens, max_tokens, deployments)
         now = self._clock()
         items = self._items(principal, cost, now) if cost > 0 else ()
         rid = uuid.uuid4().hex
-        if items and not await self._store.reserve(rid, items, now + self._settings.reservation_ttl_s):
+        if items and not await self.ledger.reserve(rid, items, now + self._settings.reservation_ttl_s):
             raise BudgetExceeded(await self._refusal(items, cost))
         return Reservation(rid, principal, model, cost, items)
 
     async def _refusal(self, items: Sequence[BudgetItem], cost: int) -> str:
         for it in items:
             try:
-                u = await self._store.usage(it.scope, it.window)
-            except StoreError:
+                u = await self.ledger.usage(it.scope, it.window)
+            except (StoreError, StateError):
                 break
             if u.spent_nano + u.reserved_nano + cost > it.limit_nano:
                 who = "key" if it.scope.startswith("key:") else "tenant"
@@ -131,6 +136,7 @@ class BudgetKeeper:
         if reservation.items:
             windows = tuple((it.scope, it.window) for it in reservation.items)
             settlement = Settlement(reservation.id, windows, cost)
+            self.ledger.settle(settlement, reservation.max_cost_nano)
         record = SpendRecord(
             ts=self._clock(),
             tenant=p.tenant,
@@ -150,7 +156,9 @@ class BudgetKeeper:
         """The call never happened (refused later, or failed before any token): release, spend nothing."""
         if reservation.items:
             windows = tuple((it.scope, it.window) for it in reservation.items)
-            self._recorder.add(Settlement(reservation.id, windows, 0))
+            settlement = Settlement(reservation.id, windows, 0)
+            self.ledger.settle(settlement, reservation.max_cost_nano)
+            self._recorder.add(settlement)
 
     def start(self) -> None:
         if self._sweeper is None:
@@ -169,8 +177,10 @@ class BudgetKeeper:
         while True:
             await asyncio.sleep(self._settings.sweep_interval_s)
             try:
-                n = await self._store.release_expired(self._clock())
+                n = await self.ledger.release_expired(self._clock())
+                if self.ledger.kind != "store":  # reservations an earlier process left in the store
+                    n += await self._store.release_expired(self._clock())
                 if n:
                     log.warning("released %d budget reservations that were never settled", n)
-            except StoreError as e:
+            except (StoreError, StateError) as e:
                 log.warning("could not release expired budget reservations: %s", e)

@@ -200,7 +200,7 @@ def keys_create(
 
     created = _run(config, create)
     if as_json:
-        _json({**key_row(created.record), "key": created.key})
+        _json({**key_row(created.record), "api_key": created.key})
         return
     console.print(f"created key {created.record.key_id} for tenant {escape(created.record.tenant)}")
     sys.stdout.write(created.key + "\n")

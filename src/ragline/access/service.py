@@ -21,6 +21,7 @@ from ragline.access.authn import Authenticator
 from ragline.access.bootstrap import load_admin_key
 from ragline.access.budget import BudgetKeeper
 from ragline.access.errors import PermissionDenied
+from ragline.access.ledger import build_ledger
 from ragline.access.prices import PriceTable
 from ragline.access.principal import Principal
 from ragline.access.ratelimit import Limiter, RateDecision
@@ -70,7 +71,8 @@ class AccessControl:
         self.limiter = Limiter(self.state, settings.limits)
         self.prices = PriceTable(settings.prices)
         self.recorder = SpendRecorder(self.store, settings.spend)
-        self.budgets = BudgetKeeper(self.store, self.prices, self.recorder, settings.spend)
+        ledger = build_ledger(self.store, self.state)
+        self.budgets = BudgetKeeper(self.store, self.prices, self.recorder, settings.spend, ledger=ledger)
         self.auth = Authenticator(
             self.store,
             self.state,
@@ -94,8 +96,10 @@ class AccessControl:
         try:
             await self.state.open()
             await self.admin.ensure_tenant(self.settings.auth.default_tenant)
+            await self.budgets.ledger.open()
             await self.auth.start()
         except BaseException:
+            await self.budgets.ledger.close()
             await self.state.close()
             await self.store.close()
             raise
@@ -158,6 +162,7 @@ class AccessControl:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recheck
         await self.budgets.close()
+        await self.budgets.ledger.close()
         await self.recorder.close()
         await self.auth.close()
         await self.state.close()

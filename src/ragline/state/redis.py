@@ -35,7 +35,8 @@ class RedisState:
         redis = require("redis", extra="redis", feature=_FEATURE)
         self.url = url
         self.prefix = key_prefix
-        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self.errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        """What a failed Redis command raises."""
         # nothing connects before the first command (open() pings)
         self._redis: Redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -49,6 +50,11 @@ class RedisState:
         )
 
     @property
+    def client(self) -> Redis:
+        """The asyncio client (one connection pool with the rate limiter)."""
+        return self._redis
+
+    @property
     def limits_storage(self) -> Storage:
         return self._storage
 
@@ -57,7 +63,7 @@ class RedisState:
             await cast(Awaitable[bool], self._redis.ping())
             if not await self._storage.check():
                 raise StateError("Redis did not answer the rate limiter's check")
-        except self._errors as e:
+        except self.errors as e:
             raise StateError(f"cannot reach Redis at {_where(self.url)}: {type(e).__name__}") from e
 
     async def close(self) -> None:

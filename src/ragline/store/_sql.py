@@ -50,9 +50,13 @@ INSERT_RESERVATION = (
 )
 SELECT_USAGE = "SELECT spent_nano, reserved_nano FROM budget_usage WHERE scope = ? AND win = ?"
 # {greatest}: GREATEST in PostgreSQL, MAX (the scalar function) in SQLite
+# an upsert: a window's row exists when the store held its reservations, not when a ledger in
+# memory or in Redis did (then only the spend arrives here)
 SETTLE_USAGE = (
-    "UPDATE budget_usage SET reserved_nano = {greatest}(reserved_nano - ?, 0), spent_nano = spent_nano + ? "
-    "WHERE scope = ? AND win = ?"
+    "INSERT INTO budget_usage (scope, win, spent_nano, reserved_nano) VALUES (?, ?, ?, 0) "
+    "ON CONFLICT (scope, win) DO UPDATE "
+    "SET reserved_nano = {greatest}(budget_usage.reserved_nano - ?, 0), "
+    "spent_nano = budget_usage.spent_nano + excluded.spent_nano"
 )
 INSERT_SPEND = (
     "INSERT INTO spend (ts, tenant, key_id, model, deployment, prompt_tokens, completion_tokens, "
@@ -200,11 +204,11 @@ def key_from_row(row: Sequence[Any]) -> KeyRecord:
 
 def settle_totals(
     released: Sequence[tuple[str, str, int]], costs: Sequence[tuple[str, str, int]]
-) -> list[tuple[int, int, str, str]]:
-    """(release, spend, scope, window) per window, sorted (every writer locks rows in one order)."""
+) -> list[tuple[str, str, int, int]]:
+    """(scope, window, spend, release) per window, sorted (every writer locks rows in one order)."""
     totals: dict[tuple[str, str], list[int]] = {}
     for scope, win, amount in released:
         totals.setdefault((scope, win), [0, 0])[0] += int(amount)
     for scope, win, cost in costs:
         totals.setdefault((scope, win), [0, 0])[1] += int(cost)
-    return [(r, s, scope, win) for (scope, win), (r, s) in sorted(totals.items())]
+    return [(scope, win, s, r) for (scope, win), (r, s) in sorted(totals.items())]
