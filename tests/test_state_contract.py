@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -226,3 +227,57 @@ def test_factory_picks_the_backend_from_the_url() -> None:
     assert isinstance(r, RedisState) and r.prefix == "x"
     with pytest.raises(StateError, match="redis://"):
         RedisState("http://127.0.0.1:6379")
+
+
+async def test_pipelined_sliding_window_agrees_with_the_library(redis_url: str) -> None:
+    """In Redis the default strategy checks every limit of a request in one pipeline; its decisions
+    and window states are the ones ``limits``' own SlidingWindowCounterRateLimiter gives, on the
+    same keys (each limiter's hits are seen by the other)."""
+    s = RedisState(redis_url, f"t{uuid.uuid4().hex[:12]}")
+    await s.open()
+    try:
+        settings = LimitsSettings(per_key={"requests": "5/minute", "tokens": "100/minute"})
+        piped = Limiter(s, settings)
+        assert piped._pipelined is not None
+        plain = Limiter(s, settings)
+        plain._pipelined = None  # the library's strategy, one call per step
+        p = _key()
+        for i in range(8):
+            d = await (piped if i % 2 else plain).admit(p, None, prompt_tokens=20)
+            assert d.allowed == (i < 5)  # 5 requests, 5 x 20 tokens
+            for state in d.states:  # what the library itself reads from the same keys now
+                c = state.check
+                stats = await plain._strategy.get_window_stats(c.item, *c.identifiers)
+                assert state.remaining == stats.remaining
+                # the library's reset is a TTL modulo the window: 0 and 60 s are the same point
+                off = abs(state.reset_s - (stats.reset_time - time.time())) % c.item.get_expiry()
+                assert min(off, c.item.get_expiry() - off) < 0.5
+            assert d.headers()["x-ratelimit-remaining-requests"] == str(max(0, 4 - i))
+    finally:
+        await s.close()
+
+
+async def test_local_sliding_window_agrees_with_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, the default strategy counts in plain dicts; across window boundaries it admits
+    and reports exactly what ``limits``' MemoryStorage with its SlidingWindowCounterRateLimiter does."""
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from ragline.access.ratelimit import Check, LocalSlidingWindow, parse_rate
+
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    local = LocalSlidingWindow(clock=lambda: now[0])
+    library = SlidingWindowCounterRateLimiter(MemoryStorage())
+    c = Check("key", "k1", "tokens", parse_rate("10/minute"))
+    seen = set()
+    for step in range(60):
+        now[0] += 3.7 if step % 3 else 11.0
+        cost = (step * 7) % 5  # 0 reads only
+        ok, state = local.hit(c, cost)
+        want_ok = await library.hit(c.item, *c.identifiers, cost=cost) if cost else True
+        stats = await library.get_window_stats(c.item, *c.identifiers)
+        assert (ok, state.remaining) == (want_ok, stats.remaining), step
+        assert state.reset_s == pytest.approx(max(0.0, stats.reset_time - now[0]), abs=1e-6), step
+        seen.add((ok, cost > 0))
+    assert seen == {(True, True), (False, True), (True, False)}  # admitted, refused, read-only

@@ -7,6 +7,17 @@ state's storage (in-process, or Redis for every replica). Each check returns wha
 A request is checked against every limit that applies; it is admitted only if all admit it. A
 limit that admitted a request that another then refused keeps that hit (as in envoy's
 ratelimit): refused requests still count against the limits they passed.
+
+With the default sliding-window-counter strategy two paths avoid the library's per-call cost,
+measured as what a request spends most on (bench/access_primitives.py; docs/BENCHMARKS.md):
+
+- in Redis, every limit of a request is checked in one pipeline (one round trip, not two per
+  limit): the same ``limits`` Lua scripts on the same keys, each limit's hit followed by a read of
+  its window (``PipelinedSlidingWindow``);
+- in process, ``LocalSlidingWindow`` counts the same algorithm in plain dicts (the library's
+  in-memory storage costs ~15 us per call, 12 calls per request).
+
+Both give the library's decisions and window states (tests/test_state_contract.py compares them).
 """
 
 from __future__ import annotations
@@ -15,12 +26,14 @@ import asyncio
 import functools
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import Storage
+from limits.aio.storage import RedisStorage, Storage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -32,6 +45,11 @@ from ragline.access.errors import RateLimited
 from ragline.access.principal import Principal
 from ragline.config import LimitsSettings
 from ragline.state.base import SharedState
+from ragline.state.redis import RedisState
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
 Kind = Literal["requests", "tokens"]
 
@@ -137,14 +155,150 @@ def _per(item: RateLimitItem) -> str:
     return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
 
 
+class PipelinedSlidingWindow:
+    """``limits``' sliding window counter in Redis, several limits in one pipeline.
+
+    Runs the library's own scripts (``acquire_sliding_window.lua``, ``sliding_window.lua``) on the
+    library's own keys, so its counts and the library's agree (tests/test_state_contract.py checks
+    this against ``SlidingWindowCounterRateLimiter``); what it saves is the round trips: one for a
+    whole request instead of two per limit. Window stats are computed as the library computes them.
+    """
+
+    def __init__(self, storage: RedisStorage, client: Redis) -> None:
+        bridge = storage.bridge
+        assert isinstance(bridge, RedispyBridge)
+        self._storage = storage
+        self._bridge = bridge
+        self._client = client  # the same connection pool as the storage's
+
+    @staticmethod
+    def supports(storage: Storage, strategy: str) -> bool:
+        return (
+            strategy == "sliding-window-counter"
+            and type(storage) is RedisStorage
+            and isinstance(storage.bridge, RedispyBridge)
+        )
+
+    def _keys(self, c: Check) -> list[str]:
+        key = c.item.key_for(*c.identifiers)
+        s, b = self._storage, self._bridge
+        return [b.prefixed_key(s._previous_window_key(key)), b.prefixed_key(s._current_window_key(key))]
+
+    async def run(self, pairs: Sequence[tuple[Check, int]]) -> list[tuple[bool, WindowState]]:
+        """Hit each check with its cost (0: no hit, only its window read), then read its window."""
+        # registered on the asyncio client, so asyncio scripts (limits types them as the sync ones)
+        acquire = cast("AsyncScript", self._bridge.lua_acquire_sliding_window)
+        window = cast("AsyncScript", self._bridge.lua_sliding_window)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for c, cost in pairs:
+                keys, expiry = self._keys(c), c.item.get_expiry()
+                if cost > 0:
+                    await acquire(keys, [c.item.amount, expiry, cost], client=pipe)
+                await window(keys, [expiry], client=pipe)
+            replies = iter(await pipe.execute())
+        out: list[tuple[bool, WindowState]] = []
+        for c, cost in pairs:
+            ok = bool(next(replies)) if cost > 0 else True
+            out.append((ok, _window_state(c, next(replies))))
+        return out
+
+
+class LocalSlidingWindow:
+    """The sliding window counter of ``limits``' in-memory storage, without its per-call overhead.
+
+    Windows are aligned to multiples of the limit's period; a hit is admitted when the previous
+    window's count, weighted by the share of it still inside the sliding window, plus the current
+    count plus the cost stays within the limit (``MemoryStorage.acquire_sliding_window_entry``).
+    Synchronous, so a check and its count are one step on the event loop.
+    """
+
+    _SWEEP_EVERY = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._counters: dict[tuple[str, str, str, int, int], list[int]] = {}
+        """key -> [window index, previous count, current count]"""
+        self._ops = 0
+
+    def hit(self, c: Check, cost: int) -> tuple[bool, WindowState]:
+        """Count ``cost`` (0: only read) against ``c``; whether it was admitted, and the window after."""
+        now = self._clock()
+        expiry = c.item.get_expiry()
+        limit = c.item.amount
+        idx = int(now // expiry)
+        key = (c.kind, c.scope, c.subject, limit, expiry)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = [idx, 0, 0]
+            self._ops += 1
+            if self._ops % self._SWEEP_EVERY == 0:
+                self._sweep(now)
+        elif counter[0] != idx:
+            counter[1] = counter[2] if counter[0] == idx - 1 else 0
+            counter[2] = 0
+            counter[0] = idx
+        _, prev, cur = counter
+        prev_ttl = expiry - (now % expiry) if prev else 0.0
+        weighted = prev * prev_ttl / expiry + cur
+        ok = True
+        if cost > 0:
+            ok = cost <= limit and math.floor(weighted) + cost <= limit
+            if ok:
+                cur = counter[2] = cur + cost
+                weighted += cost
+        remaining = max(0, limit - math.floor(weighted))
+        reset = 0.0
+        if prev or cur:
+            cur_ttl = expiry - (now % expiry) + expiry
+            prev_reset = prev_ttl % (expiry / prev) if prev else math.inf
+            cur_reset = cur_ttl % expiry if cur else math.inf
+            reset = min(prev_reset, cur_reset)
+        return ok, WindowState(c, limit, remaining, reset)
+
+    def _sweep(self, now: float) -> None:
+        """Drop counters whose windows are both over (bounded memory)."""
+        stale = [k for k, (idx, _, _) in self._counters.items() if idx < int(now // k[4]) - 1]
+        for k in stale:
+            del self._counters[k]
+
+
+_LOCAL: weakref.WeakKeyDictionary[SharedState, LocalSlidingWindow] = weakref.WeakKeyDictionary()
+
+
+def _window_state(c: Check, window: Sequence[object] | None) -> WindowState:
+    """What ``SlidingWindowCounterRateLimiter.get_window_stats`` makes of a window read."""
+    w = list(window or (0, 0, 0, 0))
+    prev_count, cur_count = int(w[0] or 0), int(w[2] or 0)  # type: ignore[call-overload]
+    prev_ttl = max(0.0, float(w[1] or 0)) / 1000  # type: ignore[arg-type]
+    cur_ttl = max(0.0, float(w[3] or 0)) / 1000  # type: ignore[arg-type]
+    expiry = c.item.get_expiry()
+    weighted = prev_count * prev_ttl / expiry + cur_count
+    remaining = max(0, c.item.amount - math.floor(weighted))
+    reset = 0.0
+    if prev_count or cur_count:
+        prev_reset = prev_ttl % (expiry / prev_count) if prev_count else math.inf
+        cur_reset = cur_ttl % expiry if cur_count else math.inf
+        reset = min(prev_reset, cur_reset)
+    return WindowState(c, c.item.amount, remaining, reset)
+
+
 class Limiter:
     """Checks requests against the configured limits and a principal's own."""
 
     def __init__(self, state: SharedState, settings: LimitsSettings | None = None) -> None:
         self.settings = settings or LimitsSettings()
         self._state = state
-        self._strategy: RateLimiter = _STRATEGIES[self.settings.strategy](state.limits_storage)
+        storage = state.limits_storage
+        self._strategy: RateLimiter = _STRATEGIES[self.settings.strategy](storage)
         self._concurrent = state.kind != "memory"  # network round trips overlap; in memory they cost
+        self._pipelined: PipelinedSlidingWindow | None = None
+        strategy = self.settings.strategy
+        self._local = (
+            LocalSlidingWindow() if state.kind == "memory" and strategy == "sliding-window-counter" else None
+        )
+        if isinstance(state, RedisState) and PipelinedSlidingWindow.supports(storage, strategy):
+            assert isinstance(storage, RedisStorage)
+            self._pipelined = PipelinedSlidingWindow(storage, state.client)
 
     def checks(
         self, principal: Principal | None, ip: str | None, *, requests: bool = True, tokens: bool = True
@@ -179,6 +333,8 @@ class Limiter:
         return out
 
     async def _hit(self, c: Check, cost: int, stats: bool = True) -> tuple[bool, WindowState | None]:
+        if self._local is not None:
+            return self._local.hit(c, cost)
         ok = await self._strategy.hit(c.item, *c.identifiers, cost=cost) if cost > 0 else True
         if ok and not stats:
             return ok, None
@@ -202,8 +358,13 @@ class Limiter:
 
     async def hit(self, checks: Sequence[Check], tokens: int = 0, *, headers: bool = True) -> RateDecision:
         costs = [1 if c.kind == "requests" else tokens for c in checks]
-        pairs = zip(checks, costs, strict=True)
-        if self._concurrent and len(checks) > 1:
+        pairs = list(zip(checks, costs, strict=True))
+        results: Sequence[tuple[bool, WindowState | None]]
+        if self._local is not None:
+            results = [self._local.hit(c, n) for c, n in pairs]
+        elif self._pipelined is not None:
+            results = await self._pipelined.run(pairs)
+        elif self._concurrent and len(checks) > 1:
             results = await asyncio.gather(*(self._hit(c, n, headers) for c, n in pairs))
         else:
             results = [await self._hit(c, n, headers) for c, n in pairs]
@@ -220,6 +381,19 @@ class Limiter:
 
         A window can only be filled to its limit: tokens past it are not carried over.
         """
+        if self._local is not None:
+            for c in decision.token_checks:
+                _, state = self._local.hit(c, 0)
+                n = min(completion_tokens, state.remaining)
+                if n > 0:
+                    self._local.hit(c, n)
+            return
+        if self._pipelined is not None:
+            now = await self._pipelined.run([(c, 0) for c in decision.token_checks])
+            hits = [(s.check, min(completion_tokens, s.remaining)) for _, s in now]
+            if any(n > 0 for _, n in hits):
+                await self._pipelined.run([(c, n) for c, n in hits if n > 0])
+            return
         for c in decision.token_checks:
             stats = await self._strategy.get_window_stats(c.item, *c.identifiers)
             n = min(completion_tokens, stats.remaining)

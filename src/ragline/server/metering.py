@@ -78,15 +78,32 @@ class Meter:
             return None
         access = self._access
         checks = access.limiter.checks(ra.principal, ra.ip, requests=False)
-        decision: RateDecision | None = None
-        if checks:
-            decision = await access.limiter.hit(checks, prompt_tokens)
+        p, deployments = ra.principal, self._deployments(model)
+        if checks and access.state.kind != "memory" and access.budgets.ledger.kind != "memory":
+            # two round trips (to Redis, and to Redis or the store): at the same time
+            decision, reservation = await asyncio.gather(
+                access.limiter.hit(checks, prompt_tokens),
+                access.budgets.reserve(p, model, prompt_tokens, max_tokens, deployments),
+                return_exceptions=True,
+            )
+            refused = isinstance(decision, BaseException) or not decision.allowed
+            if refused and not isinstance(reservation, BaseException):
+                access.budgets.release(reservation)
+            if isinstance(decision, BaseException):
+                raise decision
             ra.tokens = decision
             decision.raise_if_refused()
-        reservation = await access.budgets.reserve(
-            ra.principal, model, prompt_tokens, max_tokens, self._deployments(model)
+            if isinstance(reservation, BaseException):
+                raise reservation
+            return Ticket(ra, reservation, decision)
+        tokens: RateDecision | None = None
+        if checks:
+            tokens = await access.limiter.hit(checks, prompt_tokens)
+            ra.tokens = tokens
+            tokens.raise_if_refused()
+        return Ticket(
+            ra, await access.budgets.reserve(p, model, prompt_tokens, max_tokens, deployments), tokens
         )
-        return Ticket(ra, reservation, decision)
 
     def finish(
         self,
