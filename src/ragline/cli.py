@@ -276,12 +276,12 @@ def serve(
     """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
     from ragline.server.run import serve as run_server
 
-    settings = load_settings(config)
-    if workers != 1:
+    if workers != 1:  # checked first: nothing is read or opened for a command that cannot run
         raise typer.BadParameter(
             "the embedded engine is opened by one process; run one worker per data_dir",
             param_hint="--workers",
         )
+    settings = load_settings(config)
     run_server(settings, host=host, port=port, access_log=access_log, insecure=insecure)
 
 
