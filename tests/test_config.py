@@ -82,6 +82,18 @@ def test_every_unknown_key_is_reported_at_once(tmp_path: Path) -> None:
         ("RAGLINE_DATADIR", "RAGLINE_DATA_DIR"),
         ("RAGLINE_ANSWR__TOP_K", "RAGLINE_ANSWER__TOP_K"),
         ("RAGLINE_LLM__MAXTOKENS", "RAGLINE_LLM__MAX_TOKENS"),
+        # the variables that are not settings are candidates too
+        ("RAGLINE_ADMINKEY", "RAGLINE_ADMIN_KEY"),
+        ("RAGLINE_CONFG", "RAGLINE_CONFIG"),
+        ("RAGLINE_SHARED_DAT", "RAGLINE_SHARED_DATA"),
+        # under a dict-valued field, any key, then the fields of the dict's value model
+        (
+            "RAGLINE_PRICES__MODELS__GPT4__INPTU_PER_MILLION",
+            "RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION",
+        ),
+        ("RAGLINE_PRICES__MODEL__GPT4__INPUT_PER_MILLION", "RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION"),
+        ("RAGLINE_GATEWAY__MODELS__GW__MAXTOKENS", "RAGLINE_GATEWAY__MODELS__GW__MAX_TOKENS"),
+        ("RAGLINE_ANSWER__TOP_K__X", "RAGLINE_ANSWER__TOP_K"),  # a plain value has no fields
     ],
 )
 def test_unknown_environment_variable_is_refused(
@@ -97,6 +109,14 @@ def test_valid_environment_variables_still_apply(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RAGLINE_ANSWER__TOP_K", "7")
     monkeypatch.setenv("RAGLINE_CONFIG", "")  # not a setting: names the file, and empty means none
     assert load_settings().answer.top_k == 7
+
+
+def test_environment_variables_may_set_entries_of_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION", "1")
+    monkeypatch.setenv("RAGLINE_PRICES__DEPLOYMENTS__UP", '{"output_per_million": 2}')  # an entry whole
+    prices = load_settings().prices
+    assert prices.models["gpt4"].input_per_million == 1.0  # pydantic-settings reads the key in lower case
+    assert prices.deployments["up"].output_per_million == 2.0
 
 
 def test_the_committed_example_file_is_what_the_model_generates() -> None:
