@@ -202,6 +202,20 @@ class RetrievalSettings(_Section):
     )
 
 
+def _check_port(url: str | None) -> str | None:
+    """Refuse a URL whose port is not a number (the message does not repeat the URL: it may hold a
+    password)."""
+    if url is not None and "://" in url:
+        try:
+            _ = urlsplit(url).port  # parsed only when read
+        except ValueError:
+            raise ValueError(
+                "the port in this URL is not a number from 0 to 65535 (a password holding '/', '?', "
+                "'#' or '@' must be percent-encoded, e.g. %2F for '/')"
+            ) from None
+    return url
+
+
 class RerankSettings(_Section):
     """Optional second stage: rerank the fused ``candidates`` down to top_k."""
 
@@ -217,6 +231,11 @@ class RerankSettings(_Section):
     timeout_s: float = Field(10.0, gt=0)
     candidates: int = Field(50, ge=1, le=1000)
     """How many first-stage hits are reranked (then cut to top_k)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
 
 
 class AnswerSettings(_Section):
@@ -381,6 +400,10 @@ class GatewayDeploymentSettings(_Section):
                 )
             if url.query or url.fragment:
                 raise ValueError(f"deployment '{self.name}': base_url must not carry a query or fragment")
+            try:
+                _check_port(self.base_url)
+            except ValueError as e:
+                raise ValueError(f"deployment '{self.name}': base_url: {e}") from None
             if not self.model:
                 raise ValueError(
                     f"deployment '{self.name}': kind openai needs model (the upstream's model id)"
@@ -601,6 +624,11 @@ class StoreSettings(_Section):
         description="PostgreSQL: connecting, or waiting for a pooled connection; SQLite: waiting for a lock",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
+
 
 class StateSettings(_Section):
     """Shared state (rate-limit counters, invalidation messages): in-process, or Redis for replicas."""
@@ -613,6 +641,11 @@ class StateSettings(_Section):
     key_prefix: str = Field(
         "ragline", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
 
 
 class RateLimitSettings(_Section):
