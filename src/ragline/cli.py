@@ -264,7 +264,9 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (default from settings: 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default from settings: 8000)")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="worker processes (only 1 is accepted: one process per data_dir)")
+    ] = 1,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="log every request (costs CPU per request)")
     ] = False,
