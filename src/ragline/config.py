@@ -10,7 +10,7 @@ import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -202,6 +202,20 @@ class RetrievalSettings(_Section):
     )
 
 
+def _check_port(url: str | None) -> str | None:
+    """Refuse a URL whose port is not a number (the message does not repeat the URL: it may hold a
+    password)."""
+    if url is not None and "://" in url:
+        try:
+            _ = urlsplit(url).port  # parsed only when read
+        except ValueError:
+            raise ValueError(
+                "the port in this URL is not a number from 0 to 65535 (a password holding '/', '?', "
+                "'#' or '@' must be percent-encoded, e.g. %2F for '/')"
+            ) from None
+    return url
+
+
 class RerankSettings(_Section):
     """Optional second stage: rerank the fused ``candidates`` down to top_k."""
 
@@ -217,6 +231,11 @@ class RerankSettings(_Section):
     timeout_s: float = Field(10.0, gt=0)
     candidates: int = Field(50, ge=1, le=1000)
     """How many first-stage hits are reranked (then cut to top_k)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
 
 
 class AnswerSettings(_Section):
@@ -381,6 +400,10 @@ class GatewayDeploymentSettings(_Section):
                 )
             if url.query or url.fragment:
                 raise ValueError(f"deployment '{self.name}': base_url must not carry a query or fragment")
+            try:
+                _check_port(self.base_url)
+            except ValueError as e:
+                raise ValueError(f"deployment '{self.name}': base_url: {e}") from None
             if not self.model:
                 raise ValueError(
                     f"deployment '{self.name}': kind openai needs model (the upstream's model id)"
@@ -601,6 +624,11 @@ class StoreSettings(_Section):
         description="PostgreSQL: connecting, or waiting for a pooled connection; SQLite: waiting for a lock",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
+
 
 class StateSettings(_Section):
     """Shared state (rate-limit counters, invalidation messages): in-process, or Redis for replicas."""
@@ -613,6 +641,11 @@ class StateSettings(_Section):
     key_prefix: str = Field(
         "ragline", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
 
 
 class RateLimitSettings(_Section):
@@ -757,6 +790,7 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 
 
 def _env_setting_names(model: type[BaseModel] = Settings, prefix: str = "RAGLINE_") -> dict[str, None]:
+    """The variables that set ``model``'s fields (and its sections' fields), named from ``prefix``."""
     names: dict[str, None] = {}
     for name, field in model.model_fields.items():
         env = f"{prefix}{name.upper()}"
@@ -767,18 +801,71 @@ def _env_setting_names(model: type[BaseModel] = Settings, prefix: str = "RAGLINE
     return names
 
 
+def _dict_values(annotation: Any) -> tuple[bool, type[BaseModel] | None]:
+    """Whether a field holds a dict (directly or in an Optional), and the settings model of its values."""
+    if get_origin(annotation) is dict:
+        args = get_args(annotation)
+        return True, _section_type(args[1]) if len(args) == 2 else None
+    for arg in get_args(annotation):
+        if get_origin(arg) is dict:
+            return _dict_values(arg)
+    return False, None
+
+
+def _env_hint(name: str) -> str | None:
+    """None when the variable ``name`` (upper case, ``RAGLINE_...``) sets a setting, else a hint.
+
+    Walks the name's ``__``-separated parts down the settings model the way pydantic-settings
+    reads them: a section's field, or any key under a dict-valued field (``gateway.models``,
+    ``prices.models``) followed by a field of the dict's value model. A name may stop at any
+    field: a section, dict or list is then set whole, as JSON. The hint names the closest
+    variable at the level where the name went wrong (``; did you mean RAGLINE_...?``), or is empty.
+    """
+    parts = name[len("RAGLINE_") :].split("__")
+    model: type[BaseModel] = Settings
+    at = "RAGLINE_"  # where the names of ``model``'s fields start
+    i = 0
+    while True:
+        field = {n.upper(): f for n, f in model.model_fields.items()}.get(parts[i])
+        if field is None:
+            break
+        i += 1
+        if i == len(parts):
+            return None
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            model, at = sub, f"{at}{parts[i - 1]}__"
+            continue
+        is_dict, values = _dict_values(sub)
+        if not is_dict or values is None or not parts[i]:
+            break  # a plain value or a list has no fields of its own
+        i += 1  # the entry's key: any name (a model, a deployment)
+        if i == len(parts):
+            return None
+        model, at = values, f"{at}{parts[i - 2]}__{parts[i - 1]}__"
+    valid = list(_env_setting_names(model, at))
+    rest = "__".join(parts[i + 1 :])
+    if field is None and rest:  # a misspelt dict field: keep what follows (RAGLINE_PRICES__MODEL__GPT4__...)
+        valid.extend(
+            f"{at}{n.upper()}__{rest}" for n, f in model.model_fields.items() if _dict_values(f.annotation)[0]
+        )
+    if model is Settings:
+        valid.extend(sorted(NON_SETTING_ENV))
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[str]:
     """One message per RAGLINE_* variable that names no setting, with the closest valid name."""
     env = os.environ if environ is None else environ
-    valid = list(_env_setting_names())
     problems = []
     for name in sorted(env):
         upper = name.upper()
-        if not upper.startswith("RAGLINE_") or upper in NON_SETTING_ENV or upper in valid:
+        if not upper.startswith("RAGLINE_") or upper in NON_SETTING_ENV:
             continue
-        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        problems.append(f"  environment variable {name}: no such setting{hint}")
+        hint = _env_hint(upper)
+        if hint is not None:
+            problems.append(f"  environment variable {name}: no such setting{hint}")
     return problems
 
 

@@ -9,13 +9,14 @@ description written next to the field in ``config.py``. ``effective_yaml()`` is 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import types
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, SecretStr
@@ -134,14 +135,45 @@ def example_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Query parameters and libpq ``key=value`` words that hold a secret, compared in lower case with
+#: ``-`` read as ``_``: these names exactly, or any name containing one of ``_SECRET_PARTS``.
+_SECRET_PARAMS = frozenset({"key", "pass", "pwd", "auth", "sig", "signature", "credential", "credentials"})
+_SECRET_PARTS = ("password", "passwd", "secret", "token", "api_key", "apikey", "access_key", "private_key")
+#: A libpq connection string's ``password=...`` (a value quoted in '...' may hold spaces).
+_DSN_SECRET = re.compile(r"(?i)\b(password|passwd|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)")
+
+
+def _is_secret_param(name: str) -> bool:
+    name = unquote_plus(name).strip().lower().replace("-", "_")
+    return name in _SECRET_PARAMS or any(part in name for part in _SECRET_PARTS)
+
+
+def _mask_query(query: str) -> str:
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        pairs.append(f"{name}={MASK}" if eq and _is_secret_param(name) else pair)
+    return "&".join(pairs)
+
+
 def _mask_url(url: str) -> str:
+    """The URL with its user/password part and the values of secret-looking query parameters masked.
+
+    Works on the URL's text (no port is parsed): a URL the settings would refuse still prints.
+    """
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = _mask_query(parts.query) if parts.query else parts.query
+    if netloc == parts.netloc and query == parts.query:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{MASK}@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_dsn(dsn: str) -> str:
+    """A libpq ``key=value`` connection string (``host=db password=...``) with its password masked."""
+    return _DSN_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", dsn)
 
 
 _SECRET_NAMES = ("api_key", "password", "secret", "token_value")
@@ -156,6 +188,8 @@ def _masked(value: Any, key: str = "") -> Any:
         return MASK
     if isinstance(value, str) and "://" in value:
         return _mask_url(value)
+    if isinstance(value, str) and (key == "url" or key.endswith("_url")) and "=" in value:
+        return _mask_dsn(value)
     return value
 
 

@@ -98,6 +98,8 @@ class State:
         self.meter = Meter(self.access, self.deployments_of)
         self.caller = caller_of(engine)
         self.ready = False
+        self.load_error: str | None = None
+        """Why the models failed to load at start-up (then the server never gets ready)."""
 
     def deployments_of(self, model: str) -> tuple[str, ...]:
         """The deployments that may serve ``model`` (their prices bound what it can cost)."""
@@ -124,11 +126,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load the models off the event loop; /health/ready says when they are in.
+        # Load the models off the event loop; /health/ready says when they are in, or why not.
         def load() -> None:
-            emb = engine.embedder
-            state.embeddings.model_names = {emb.name, *EMBEDDING_ALIASES}
-            _ = engine.llm
+            try:
+                emb = engine.embedder
+                state.embeddings.model_names = {emb.name, *EMBEDDING_ALIASES}
+                _ = engine.llm
+            except Exception as e:  # reported by /health/ready and logged once; never re-raised
+                state.load_error = str(e) if isinstance(e, RaglineError) else f"{type(e).__name__}: {e}"
+                log.error("the models failed to load, the server will not get ready: %s", state.load_error)
+                return
             # Everything allocated so far lives as long as the process: keep it out of the cyclic
             # collector's full passes (~100k objects, tens of ms per gen-2 pass on a busy core).
             gc.freeze()
@@ -215,6 +222,8 @@ def create_app(
     @app.get("/health/ready")
     async def ready() -> Response:
         if not state.ready:
+            if state.load_error is not None:
+                return JSONResponse({"status": "failed", "reason": state.load_error}, status_code=503)
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready"})
 

@@ -9,11 +9,16 @@ import logging
 import uvicorn
 
 from ragline.access.service import auth_in_use
+from ragline.answer.llm import smollm2_path
 from ragline.config import Settings
+from ragline.embed.factory import minilm_paths
 from ragline.engine import Engine
 from ragline.errors import ConfigError
+from ragline.optional import require
 from ragline.server.app import create_app
 from ragline.server.connection import ConnectionLimits, limited_protocol
+from ragline.state.factory import check_installed as check_state_installed
+from ragline.store.factory import check_installed as check_store_installed
 
 log = logging.getLogger("ragline.server")
 
@@ -25,6 +30,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_dependencies(settings: Settings) -> None:
+    """Raise MissingDependency (one line: what to install) unless everything the settings use is there.
+
+    The server loads its models in the background and opens its store in the app's lifespan; a
+    package missing there would be a traceback, or a server that never gets ready. This finds the
+    same packages before uvicorn starts, without loading or opening anything.
+    """
+    if settings.embedder.kind == "minilm":
+        minilm_paths()
+    if settings.llm.kind == "smollm2":
+        smollm2_path()
+    check_store_installed(settings)
+    check_state_installed(settings)
+    if settings.rerank.kind == "remote":
+        require("httpx", extra="rerank", feature="rerank.kind=remote")
 
 
 def check_exposure(settings: Settings, host: str, *, insecure: bool) -> None:
@@ -55,6 +77,7 @@ def serve(
     jobs, stops the model threads and closes the collections.
     """
     s = settings.server
+    check_dependencies(settings)
     check_exposure(settings, host or s.host, insecure=insecure)
     engine = Engine(settings)
     app = create_app(engine, local_model=s.local_model, max_body_bytes=s.max_body_bytes)

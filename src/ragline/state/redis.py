@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _FEATURE = "shared state in Redis (state.url=redis://...)"
 
 
+def require_driver() -> None:
+    """Raise MissingDependency (naming the ``redis`` extra) unless redis-py imports."""
+    require("redis", extra="redis", feature=_FEATURE)
+
+
 class RedisState:
     """Shared state in the Redis server at ``url`` (``redis://host:6379/0``, ``rediss://`` for TLS)."""
 

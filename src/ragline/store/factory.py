@@ -11,6 +11,23 @@ from ragline.store.base import RecordStore, StoreError
 DEFAULT_FILE = "records.sqlite"
 
 
+def is_postgres(url: str | None) -> bool:
+    return url is not None and urlsplit(url).scheme in ("postgresql", "postgres")
+
+
+def check_installed(settings: Settings | StoreSettings) -> None:
+    """Raise MissingDependency unless the libraries of the configured store can be imported.
+
+    Cheap, and opens nothing: ``ragline serve`` calls it before starting, so that a missing extra
+    is one line at start-up rather than a traceback from the app's lifespan.
+    """
+    store = settings.store if isinstance(settings, Settings) else settings
+    if is_postgres(store.url):
+        from ragline.store.postgres import require_driver
+
+        require_driver()
+
+
 def build_store(settings: Settings | StoreSettings, data_dir: Path | None = None) -> RecordStore:
     """The store named by ``store.url`` (not opened yet: ``await store.open()``).
 
@@ -38,7 +55,7 @@ def build_store(settings: Settings | StoreSettings, data_dir: Path | None = None
                 "store.url sqlite:/// needs a file path, e.g. sqlite:////srv/ragline/records.sqlite"
             )
         return SQLiteStore(Path(path), busy_timeout_s=store.connect_timeout_s)
-    if scheme in ("postgresql", "postgres"):
+    if is_postgres(url):
         from ragline.store.postgres import PostgresStore
 
         return PostgresStore(

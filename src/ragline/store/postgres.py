@@ -37,6 +37,12 @@ _FEATURE = "the PostgreSQL record store (store.url=postgresql://...)"
 _MIGRATION_LOCK = 0x7261676C696E65
 
 
+def require_driver() -> None:
+    """Raise MissingDependency (naming the ``postgres`` extra) unless psycopg and its pool import."""
+    require("psycopg", extra="postgres", feature=_FEATURE)
+    require("psycopg_pool", extra="postgres", feature=_FEATURE)
+
+
 def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
