@@ -435,6 +435,24 @@ def test_requests_limit_429_with_openai_headers(svc: Svc) -> None:
         openai.OpenAI(base_url=svc.base + "/v1", api_key=key, max_retries=0).models.list()
 
 
+def test_model_routes_count_requests_with_their_tokens_and_also_when_they_fail_early(svc: Svc) -> None:
+    """A model route counts its request with its tokens and budget (one round trip); one that ends
+    before that (a 400, a refused model) still counts, and the headers say so."""
+    key = svc.key("alpha", rate_requests="4/minute", rate_tokens="100000/minute")
+    seen = []
+    for body in ({"model": "gw"}, {"model": "gw", "messages": MSG, "max_tokens": 3}, {"messages": 7}):
+        r = svc.call("POST", "/v1/chat/completions", key, json=body)
+        assert r.status_code in (200, 400), r.text
+        seen.append(int(r.headers["x-ratelimit-remaining-requests"]))
+    assert seen == [3, 2, 1]
+    assert r.status_code == 400 and "x-ratelimit-remaining-tokens" not in r.headers
+    r = svc.call("POST", "/v1/embeddings", key, json={"model": "gw-none", "input": "x"})
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    r = svc.call("POST", "/v1/chat/completions", key, json={"model": "gw", "messages": MSG, "max_tokens": 3})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(r.headers["retry-after"]) >= 1
+
+
 def test_tokens_limit_counts_prompt_tokens_before_the_call(svc: Svc) -> None:
     key = svc.key("alpha", rate_tokens="100/minute")
     client = openai.OpenAI(base_url=svc.base + "/v1", api_key=key, max_retries=0, timeout=30)

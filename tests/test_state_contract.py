@@ -145,10 +145,10 @@ async def test_tokens_are_counted_before_and_settled_after(state: SharedState) -
     first = await limiter.admit(p, None, prompt_tokens=600)
     assert first.allowed
     assert not (await limiter.admit(p, None, prompt_tokens=600)).allowed  # 1200 > 1000
-    await limiter.settle_tokens(first, completion_tokens=300)
+    await limiter.settle_tokens([(first, 300)])
     after = await limiter.admit(p, None, prompt_tokens=50)
     assert after.allowed and after.headers()["x-ratelimit-remaining-tokens"] == "50"  # 600 + 300 + 50
-    await limiter.settle_tokens(after, completion_tokens=10_000)  # fills the window, never past it
+    await limiter.settle_tokens([(after, 10_000)])  # fills the window, never past it
     last = await limiter.admit(p, None, prompt_tokens=1)
     assert not last.allowed and last.headers()["x-ratelimit-remaining-tokens"] == "0"
 
@@ -281,3 +281,20 @@ async def test_local_sliding_window_agrees_with_the_library(monkeypatch: pytest.
         assert state.reset_s == pytest.approx(max(0.0, stats.reset_time - now[0]), abs=1e-6), step
         seen.add((ok, cost > 0))
     assert seen == {(True, True), (False, True), (True, False)}  # admitted, refused, read-only
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them(redis_url: str) -> None:
+    """The limiter's pipelines send EVALSHA only; after SCRIPT FLUSH (or a Redis restart) the scripts
+    are loaded again and each hit still counts once."""
+    s = RedisState(redis_url, f"t{uuid.uuid4().hex[:12]}")
+    await s.open()
+    try:
+        lim = Limiter(s, LimitsSettings(per_key={"requests": "5/minute"}))
+        p = _key()
+        assert (await lim.admit(p, None)).headers()["x-ratelimit-remaining-requests"] == "4"
+        await s.client.script_flush()
+        assert (await lim.admit(p, None)).headers()["x-ratelimit-remaining-requests"] == "3"
+        await s.client.script_flush()
+        assert (await lim.admit(p, None)).headers()["x-ratelimit-remaining-requests"] == "2"
+    finally:
+        await s.close()

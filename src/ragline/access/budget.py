@@ -48,6 +48,8 @@ class Reservation:
     max_cost_nano: int
     items: tuple[BudgetItem, ...]
     """Empty when no budget applies (nothing was reserved)."""
+    at: float = 0.0
+    """When it was planned (the clock's time)."""
 
 
 class BudgetKeeper:
@@ -88,13 +90,34 @@ class BudgetKeeper:
 
         No ledger call when no budget applies or the request cannot cost anything.
         """
+        reservation = self.plan(principal, model, prompt_tokens, max_tokens, deployments)
+        if reservation.items:
+            await self.confirm(reservation, await self.ledger.reserve(*self.ledger_args(reservation)))
+        return reservation
+
+    def plan(
+        self,
+        principal: Principal,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        deployments: Sequence[str] = (),
+    ) -> Reservation:
+        """What ``reserve`` would reserve, not reserved yet (no I/O): for a caller that sends the
+        ledger's call in one round trip with others, then ``confirm``s."""
         cost = self.prices.max_cost_nano(model, prompt_tokens, max_tokens, deployments)
         now = self._clock()
         items = self._items(principal, cost, now) if cost > 0 else ()
-        rid = uuid.uuid4().hex
-        if items and not await self.ledger.reserve(rid, items, now + self._settings.reservation_ttl_s):
-            raise BudgetExceeded(await self._refusal(items, cost))
-        return Reservation(rid, principal, model, cost, items)
+        return Reservation(uuid.uuid4().hex, principal, model, cost, items, now)
+
+    def ledger_args(self, reservation: Reservation) -> tuple[str, tuple[BudgetItem, ...], float]:
+        """The ledger's ``reserve`` arguments for a planned reservation."""
+        return reservation.id, reservation.items, reservation.at + self._settings.reservation_ttl_s
+
+    async def confirm(self, reservation: Reservation, reserved: bool) -> None:
+        """Raise BudgetExceeded when the ledger refused a planned reservation."""
+        if not reserved:
+            raise BudgetExceeded(await self._refusal(reservation.items, reservation.max_cost_nano))
 
     async def _refusal(self, items: Sequence[BudgetItem], cost: int) -> str:
         for it in items:

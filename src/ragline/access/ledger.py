@@ -29,10 +29,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ragline.state.base import SharedState, StateError
-from ragline.state.redis import RedisState
+from ragline.state.redis import RedisState, ScriptCall
 from ragline.store.base import RecordStore, StoreError
 from ragline.store.records import BudgetItem, Settlement, Usage
 from ragline.store.sqlite import SQLiteStore
@@ -272,6 +272,10 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
+SETTLE_LINGER_S = 0.005
+"""After a quiet spell, settlements wait this long for others to share their round trip (the
+budget they free is free that much later)."""
+
 WINDOW_TTL_S = 86_400
 """A budget window's counters in Redis expire after a day without a request (then they are read
 again from the store); a reservation lives far shorter than that."""
@@ -284,6 +288,7 @@ class RedisLedger:
 
     def __init__(self, store: RecordStore, state: RedisState) -> None:
         self._store = store
+        self._state = state
         self._redis: Redis = state.client
         redis = self._redis
         self._prefix = f"{state.prefix}:budget"
@@ -312,26 +317,39 @@ class RedisLedger:
         if task is not None:
             await task
 
-    async def reserve(self, reservation_id: str, items: Sequence[BudgetItem], expires_at: float) -> bool:
+    def reserve_call(self, reservation_id: str, items: Sequence[BudgetItem], expires_at: float) -> ScriptCall:
+        """The reserve script's call, for a pipeline with other scripts; its reply goes to ``reserved``."""
         keys = [k for it in items for k in self._keys(it.scope, it.window)]
         amount = items[0].amount_nano  # one request's maximum cost, the same in each of its budgets
         args: list[Any] = [f"{reservation_id}|{amount}", expires_at, time.time(), amount, WINDOW_TTL_S]
         args += [it.limit_nano for it in items]
+        return self._reserve, keys, args
+
+    async def reserved(
+        self, reply: Any, reservation_id: str, items: Sequence[BudgetItem], expires_at: float
+    ) -> bool:
+        """Whether the reserve script's ``reply`` reserved; when a budget's spent total had to be read
+        from the store first (the script did nothing then), reads it and reserves again."""
         for _ in range(3):
-            try:
-                ok, which = cast(list[int], await self._reserve(keys=keys, args=args))
-            except self._errors as e:
-                raise StateError(f"budget reservation in Redis failed: {type(e).__name__}") from e
+            ok, which = (int(x) for x in reply)
             if ok != -1:
                 return ok == 1
             it = items[which - 1]
             usage = await self._store.usage(it.scope, it.window)
             seed_keys = [self._keys(it.scope, it.window)[0]]
             try:
-                await self._seed(keys=seed_keys, args=[usage.spent_nano, WINDOW_TTL_S])
+                await self._state.eval_many([(self._seed, seed_keys, [usage.spent_nano, WINDOW_TTL_S])])
+                (reply,) = await self._state.eval_many([self.reserve_call(reservation_id, items, expires_at)])
             except self._errors as e:
                 raise StateError(f"budget reservation in Redis failed: {type(e).__name__}") from e
         raise StateError("budget reservation in Redis failed: its totals keep disappearing")
+
+    async def reserve(self, reservation_id: str, items: Sequence[BudgetItem], expires_at: float) -> bool:
+        try:
+            (reply,) = await self._state.eval_many([self.reserve_call(reservation_id, items, expires_at)])
+        except self._errors as e:
+            raise StateError(f"budget reservation in Redis failed: {type(e).__name__}") from e
+        return await self.reserved(reply, reservation_id, items, expires_at)
 
     def settle(self, settlement: Settlement, reserved_nano: int) -> None:
         self._queue.append((settlement, reserved_nano))
@@ -344,15 +362,18 @@ class RedisLedger:
                     return
                 await self._wake.wait()
                 self._wake.clear()
+                if not self._closing:  # gather what arrives meanwhile: one round trip for many
+                    await asyncio.sleep(SETTLE_LINGER_S)
                 continue
             batch = [self._queue.popleft() for _ in range(min(500, len(self._queue)))]
+            calls: list[ScriptCall] = []
+            for st, reserved in batch:
+                keys = [k for scope, window in st.windows for k in self._keys(scope, window)]
+                calls.append(
+                    (self._settle, keys, [f"{st.reservation_id}|{reserved}", reserved, st.cost_nano])
+                )
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for s, reserved in batch:
-                        keys = [k for scope, window in s.windows for k in self._keys(scope, window)]
-                        args: list[str | int] = [f"{s.reservation_id}|{reserved}", reserved, s.cost_nano]
-                        await self._settle(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
+                await self._state.eval_many(calls)
             except self._errors as e:
                 # the reservations expire on their own; the spent totals are read again from the
                 # store when their counters expire

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, Storage
@@ -44,12 +44,11 @@ from limits.aio.strategies import (
 from ragline.access.errors import RateLimited
 from ragline.access.principal import Principal
 from ragline.config import LimitsSettings
-from ragline.state.base import SharedState
-from ragline.state.redis import RedisState
+from ragline.state.base import SharedState, StateError
+from ragline.state.redis import RedisState, ScriptCall
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
+    from ragline.state.redis import LuaScript
 
 Kind = Literal["requests", "tokens"]
 
@@ -164,12 +163,12 @@ class PipelinedSlidingWindow:
     whole request instead of two per limit. Window stats are computed as the library computes them.
     """
 
-    def __init__(self, storage: RedisStorage, client: Redis) -> None:
+    def __init__(self, storage: RedisStorage, state: RedisState) -> None:
         bridge = storage.bridge
         assert isinstance(bridge, RedispyBridge)
         self._storage = storage
         self._bridge = bridge
-        self._client = client  # the same connection pool as the storage's
+        self._state = state  # its client shares the storage's connection pool
 
     @staticmethod
     def supports(storage: Storage, strategy: str) -> bool:
@@ -184,23 +183,36 @@ class PipelinedSlidingWindow:
         s, b = self._storage, self._bridge
         return [b.prefixed_key(s._previous_window_key(key)), b.prefixed_key(s._current_window_key(key))]
 
-    async def run(self, pairs: Sequence[tuple[Check, int]]) -> list[tuple[bool, WindowState]]:
-        """Hit each check with its cost (0: no hit, only its window read), then read its window."""
-        # registered on the asyncio client, so asyncio scripts (limits types them as the sync ones)
-        acquire = cast("AsyncScript", self._bridge.lua_acquire_sliding_window)
-        window = cast("AsyncScript", self._bridge.lua_sliding_window)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for c, cost in pairs:
-                keys, expiry = self._keys(c), c.item.get_expiry()
-                if cost > 0:
-                    await acquire(keys, [c.item.amount, expiry, cost], client=pipe)
-                await window(keys, [expiry], client=pipe)
-            replies = iter(await pipe.execute())
+    def calls(self, pairs: Sequence[tuple[Check, int]]) -> list[ScriptCall]:
+        """The scripts that hit each check with its cost (0: no hit), each followed by a read of its
+        window; for ``results`` once run (alone, or in a pipeline with other scripts)."""
+        # registered on the asyncio client (limits types them as the sync scripts)
+        acquire = cast("LuaScript", self._bridge.lua_acquire_sliding_window)
+        window = cast("LuaScript", self._bridge.lua_sliding_window)
+        calls: list[ScriptCall] = []
+        for c, cost in pairs:
+            keys, expiry = self._keys(c), c.item.get_expiry()
+            if cost > 0:
+                calls.append((acquire, keys, [c.item.amount, expiry, cost]))
+            calls.append((window, keys, [expiry]))
+        return calls
+
+    @staticmethod
+    def results(pairs: Sequence[tuple[Check, int]], replies: Sequence[Any]) -> list[tuple[bool, WindowState]]:
+        it = iter(replies)
         out: list[tuple[bool, WindowState]] = []
         for c, cost in pairs:
-            ok = bool(next(replies)) if cost > 0 else True
-            out.append((ok, _window_state(c, next(replies))))
+            ok = bool(next(it)) if cost > 0 else True
+            out.append((ok, _window_state(c, next(it))))
         return out
+
+    async def run(self, pairs: Sequence[tuple[Check, int]]) -> list[tuple[bool, WindowState]]:
+        """Hit each check with its cost (0: no hit, only its window read), then read its window."""
+        return self.results(pairs, await self._state.eval_many(self.calls(pairs)))
+
+    async def eval_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run these scripts (``calls`` and others) in one pipeline, in the limiter's Redis."""
+        return await self._state.eval_many(calls)
 
 
 class LocalSlidingWindow:
@@ -292,13 +304,14 @@ class Limiter:
         self._strategy: RateLimiter = _STRATEGIES[self.settings.strategy](storage)
         self._concurrent = state.kind != "memory"  # network round trips overlap; in memory they cost
         self._pipelined: PipelinedSlidingWindow | None = None
+        self._errors: tuple[type[Exception], ...] = state.errors if isinstance(state, RedisState) else ()
         strategy = self.settings.strategy
         self._local = (
             LocalSlidingWindow() if state.kind == "memory" and strategy == "sliding-window-counter" else None
         )
         if isinstance(state, RedisState) and PipelinedSlidingWindow.supports(storage, strategy):
             assert isinstance(storage, RedisStorage)
-            self._pipelined = PipelinedSlidingWindow(storage, state.client)
+            self._pipelined = PipelinedSlidingWindow(storage, state)
 
     def checks(
         self, principal: Principal | None, ip: str | None, *, requests: bool = True, tokens: bool = True
@@ -356,18 +369,36 @@ class Limiter:
             return RateDecision(True)
         return await self.hit(checks, prompt_tokens, headers=headers)
 
+    @staticmethod
+    def pairs(checks: Sequence[Check], tokens: int = 0) -> list[tuple[Check, int]]:
+        """Each check with what a request costs it: 1 request, or ``tokens`` tokens."""
+        return [(c, 1 if c.kind == "requests" else tokens) for c in checks]
+
+    @property
+    def pipelined(self) -> PipelinedSlidingWindow | None:
+        """The Redis pipeline path, when that is how this limiter counts (for one pipeline with other
+        scripts: ``pipelined.calls`` then ``decide``)."""
+        return self._pipelined
+
     async def hit(self, checks: Sequence[Check], tokens: int = 0, *, headers: bool = True) -> RateDecision:
-        costs = [1 if c.kind == "requests" else tokens for c in checks]
-        pairs = list(zip(checks, costs, strict=True))
+        pairs = self.pairs(checks, tokens)
         results: Sequence[tuple[bool, WindowState | None]]
         if self._local is not None:
             results = [self._local.hit(c, n) for c, n in pairs]
         elif self._pipelined is not None:
             results = await self._pipelined.run(pairs)
-        elif self._concurrent and len(checks) > 1:
-            results = await asyncio.gather(*(self._hit(c, n, headers) for c, n in pairs))
         else:
-            results = [await self._hit(c, n, headers) for c, n in pairs]
+            try:
+                if self._concurrent and len(checks) > 1:
+                    results = await asyncio.gather(*(self._hit(c, n, headers) for c, n in pairs))
+                else:
+                    results = [await self._hit(c, n, headers) for c, n in pairs]
+            except self._errors as e:
+                raise StateError(f"rate limits cannot be counted: {type(e).__name__}") from e
+        return self.decide(checks, results)
+
+    @staticmethod
+    def decide(checks: Sequence[Check], results: Sequence[tuple[bool, WindowState | None]]) -> RateDecision:
         refused = [s for ok, s in results if not ok and s is not None]
         return RateDecision(
             allowed=len(refused) == 0,
@@ -376,29 +407,30 @@ class Limiter:
             token_checks=tuple(c for c in checks if c.kind == "tokens"),
         )
 
-    async def settle_tokens(self, decision: RateDecision, completion_tokens: int) -> None:
-        """Add a finished request's completion tokens to its tokens limits (off the request path).
-
-        A window can only be filled to its limit: tokens past it are not carried over.
-        """
+    async def settle_tokens(self, settled: Sequence[tuple[RateDecision, int]]) -> None:
+        """Add finished requests' completion tokens to their tokens limits (off the request path; in
+        Redis one pipeline for all of them). A window can only be filled to its limit: tokens past it
+        are not carried over."""
+        pairs = [(c, n) for d, n in settled if n > 0 for c in d.token_checks]
+        if not pairs:
+            return
         if self._local is not None:
-            for c in decision.token_checks:
+            for c, n in pairs:
                 _, state = self._local.hit(c, 0)
-                n = min(completion_tokens, state.remaining)
-                if n > 0:
-                    self._local.hit(c, n)
+                if min(n, state.remaining) > 0:
+                    self._local.hit(c, min(n, state.remaining))
             return
         if self._pipelined is not None:
-            now = await self._pipelined.run([(c, 0) for c in decision.token_checks])
-            hits = [(s.check, min(completion_tokens, s.remaining)) for _, s in now]
-            if any(n > 0 for _, n in hits):
-                await self._pipelined.run([(c, n) for c, n in hits if n > 0])
+            # all of it at once; where a window cannot take all of it, what it still has room for
+            first = await self._pipelined.run(pairs)
+            rest = [(s.check, s.remaining) for ok, s in first if not ok and s.remaining > 0]
+            if rest:
+                await self._pipelined.run(rest)
             return
-        for c in decision.token_checks:
+        for c, n in pairs:
             stats = await self._strategy.get_window_stats(c.item, *c.identifiers)
-            n = min(completion_tokens, stats.remaining)
-            if n > 0:
-                await self._strategy.hit(c.item, *c.identifiers, cost=n)
+            if min(n, stats.remaining) > 0:
+                await self._strategy.hit(c.item, *c.identifiers, cost=min(n, stats.remaining))
 
     async def hit_once(self, scope: str, subject: str, rate: str) -> WindowState | None:
         """Count one event against ``rate`` (e.g. a failed authentication); the window state when over."""

@@ -131,6 +131,15 @@ class AccessControl:
     ) -> tuple[Principal, RateDecision]:
         """Authenticate a request (the anonymous principal while open) and count it against the
         requests limits that apply. Raises an AccessError; ``admin``: only an admin key may."""
+        principal = await self.identify(presented, ip, admin=admin)
+        checks = self.limiter.checks(principal, ip, tokens=False)
+        decision = await self.limiter.hit(checks, headers=headers) if checks else RateDecision(True)
+        decision.raise_if_refused()
+        return principal, decision
+
+    async def identify(self, presented: str | None, ip: str | None, *, admin: bool = False) -> Principal:
+        """``admit`` without counting the request: for a route that counts it later, together with its
+        tokens and budgets (``server/metering.py``)."""
         if self.required:
             principal = await self.auth.authenticate(presented, ip)
         elif admin:
@@ -142,10 +151,7 @@ class AccessControl:
             principal = self.anonymous
         if admin and not principal.is_admin:
             raise PermissionDenied("This needs an admin key.")
-        checks = self.limiter.checks(principal, ip, tokens=False)
-        decision = await self.limiter.hit(checks, headers=headers) if checks else RateDecision(True)
-        decision.raise_if_refused()
-        return principal, decision
+        return principal
 
     async def auth_configured(self) -> bool:
         """Whether any key can authenticate (a bootstrap admin key, or a key in the store that is not

@@ -5,9 +5,12 @@ the per-process cache (``access/authn.py``), then the requests limits. A refusal
 OpenAI-shaped (401 ``invalid_api_key``, 403, 429 with ``Retry-After``, 503 when the record store
 is down). An admitted request carries its ``RequestAccess`` in the ASGI scope
 (``scope["ragline.access"]``) for the routes: the tenant whose collections it sees, the key's
-model allow-list, and the rate-limit decisions whose ``x-ratelimit-*`` headers go on its response
-(the tokens limits are counted by the model routes, ``server/metering.py``, once the prompt is
-read).
+model allow-list, and the rate-limit decisions whose ``x-ratelimit-*`` headers go on its response.
+
+On the model routes (``METERED``) the requests limits are counted by the route, together with the
+tokens limits and the budget reservation, once the prompt is read (``server/metering.py``): one
+Redis round trip for all of them. A model request that ends before that (a 400, a 403) is counted
+when its response starts.
 
 Open paths: ``/health/*``, the API docs (``/docs``, ``/redoc``, ``/openapi.json``: the route table,
 no data) and ``/metrics`` when ``auth.metrics`` is ``open``. ``/admin/*`` and a protected
@@ -23,8 +26,10 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline.access import AccessControl, AccessError, InvalidKey, Principal, RateDecision
+from ragline.access.ratelimit import Check
 from ragline.gateway import codec
 from ragline.server.protocol import error_body
+from ragline.state.base import StateError
 from ragline.store.base import StoreError
 
 log = logging.getLogger("ragline.server.access")
@@ -33,6 +38,10 @@ SCOPE_KEY = "ragline.access"
 _OPEN = frozenset(
     {"/health/live", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+METERED = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/async/chat/completions"}
+)
+"""POST routes whose requests limits are counted with their tokens (``Meter.begin``)."""
 _TYPES = {401: "invalid_request_error", 403: "permission_error", 400: "invalid_request_error"}
 
 
@@ -53,6 +62,8 @@ class RequestAccess:
     requests: RateDecision
     tokens: RateDecision | None = None
     """The tokens limits' decision, set by a model route."""
+    pending: tuple[Check, ...] = ()
+    """Requests limits not counted yet: a model route counts them with its tokens."""
 
     def rate_headers(self) -> list[tuple[bytes, bytes]]:
         out = self.requests.headers()
@@ -130,21 +141,28 @@ class AccessMiddleware:
             return
         client = scope.get("client")
         ip = client[0] if client else None
+        pending: tuple[Check, ...] = ()
         try:
             presented = presented_key(scope["headers"]) if access.required else None
-            principal, decision = await access.admit(
-                presented, ip, admin=is_metrics or path.startswith("/admin/") or path == "/admin"
-            )
+            if path in METERED and scope["method"] == "POST":
+                principal = await access.identify(presented, ip)
+                pending = tuple(access.limiter.checks(principal, ip, tokens=False))
+                decision = RateDecision(True)
+            else:
+                principal, decision = await access.admit(
+                    presented, ip, admin=is_metrics or path.startswith("/admin/") or path == "/admin"
+                )
         except AccessError as e:
             start, body = _error_response(e.status_code, str(e), access_error_type(e), e.code, e.headers)
             await send(start)
             await send(body)
             return
-        except StoreError as e:
-            log.error("access control cannot read the record store: %s", e)
+        except (StoreError, StateError) as e:
+            log.error("access control cannot reach its store or shared state: %s", e)
             start, body = _error_response(
                 503,
-                "Access control is unavailable (its record store cannot be reached); retry shortly.",
+                "Access control is unavailable (its record store or shared state cannot be reached); "
+                "retry shortly.",
                 "service_unavailable",
                 "store_unavailable",
                 {"retry-after": "5"},
@@ -152,16 +170,23 @@ class AccessMiddleware:
             await send(start)
             await send(body)
             return
-        ra = RequestAccess(principal, ip, decision)
+        ra = RequestAccess(principal, ip, decision, pending=pending)
         scope[SCOPE_KEY] = ra
-        await self.app(scope, receive, _with_headers(send, ra))
+        await self.app(scope, receive, _with_headers(send, ra, access))
 
 
-def _with_headers(send: Send, ra: RequestAccess) -> Send:
-    """``send`` that puts the request's ``x-ratelimit-*`` headers on its response."""
+def _with_headers(send: Send, ra: RequestAccess, access: AccessControl) -> Send:
+    """``send`` that puts the request's ``x-ratelimit-*`` headers on its response (and counts its
+    requests limits first if its route did not)."""
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
+            if ra.pending:
+                checks, ra.pending = ra.pending, ()
+                try:
+                    ra.requests = await access.limiter.hit(checks)
+                except Exception as e:  # the response is made: a lost count, not a failed request
+                    log.warning("could not count a request against the requests limits: %s", e)
             extra = ra.rate_headers()
             if extra:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}

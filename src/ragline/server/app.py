@@ -61,6 +61,7 @@ from ragline.server.protocol import (
     error_body,
 )
 from ragline.server.serving import RAG_PREFIX, ChatService, EmbeddingService
+from ragline.state.base import StateError
 from ragline.store.base import AlreadyExists, StoreError
 from ragline.store.base import NotFound as StoreNotFound
 
@@ -406,6 +407,13 @@ def _ragline_error(e: RaglineError) -> JSONResponse:
     if isinstance(e, StoreError):
         log.error("record store failed: %s", e)
         resp = _error(503, "the record store cannot be reached; retry shortly", "service_unavailable")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    if isinstance(e, StateError):
+        log.error("shared state failed: %s", e)
+        resp = _error(
+            503, "rate limits and budgets cannot be checked now; retry shortly", "service_unavailable"
+        )
         resp.headers["Retry-After"] = "5"
         return resp
     # a tenant's collections are stored as <tenant>~<name>: its messages name them as the tenant does

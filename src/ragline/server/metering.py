@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from ragline.access import AccessControl, PermissionDenied, RateDecision, Reservation
+from ragline.access.ledger import RedisLedger
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.server.access_mw import RequestAccess
 
 log = logging.getLogger("ragline.server.metering")
+
+SETTLE_LINGER_S = 0.005
+"""Completion tokens wait this long for other calls' to share their round trip."""
 
 
 @dataclass(slots=True)
@@ -48,7 +52,8 @@ class Meter:
     def __init__(self, access: AccessControl, deployments: Callable[[str], Sequence[str]]) -> None:
         self._access = access
         self._deployments = deployments
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._settle_tokens: list[tuple[RateDecision, int]] = []
+        self._settler: asyncio.Task[None] | None = None
 
     @staticmethod
     def check_model(ra: RequestAccess | None, *models: str) -> None:
@@ -73,37 +78,55 @@ class Meter:
     async def begin(
         self, ra: RequestAccess | None, model: str, prompt_tokens: int, max_tokens: int
     ) -> Ticket | None:
-        """Count the tokens limits and reserve the budgets; raises RateLimited / BudgetExceeded."""
+        """Count the request (when its middleware left that to the route) and its prompt's tokens
+        against the rate limits, and reserve the budgets; raises RateLimited / BudgetExceeded.
+
+        With Redis all of it is one pipeline (one round trip): the limits' scripts and the budget
+        ledger's. Otherwise the limits first (in process: no I/O), then the reservation.
+        """
         if ra is None:
             return None
         access = self._access
-        checks = access.limiter.checks(ra.principal, ra.ip, requests=False)
-        p, deployments = ra.principal, self._deployments(model)
-        if checks and access.state.kind != "memory" and access.budgets.ledger.kind != "memory":
-            # two round trips (to Redis, and to Redis or the store): at the same time
-            decision, reservation = await asyncio.gather(
-                access.limiter.hit(checks, prompt_tokens),
-                access.budgets.reserve(p, model, prompt_tokens, max_tokens, deployments),
-                return_exceptions=True,
-            )
-            refused = isinstance(decision, BaseException) or not decision.allowed
-            if refused and not isinstance(reservation, BaseException):
-                access.budgets.release(reservation)
-            if isinstance(decision, BaseException):
-                raise decision
-            ra.tokens = decision
-            decision.raise_if_refused()
-            if isinstance(reservation, BaseException):
-                raise reservation
+        limiter, budgets = access.limiter, access.budgets
+        deferred = ra.pending
+        ra.pending = ()
+        checks = [*deferred, *limiter.checks(ra.principal, ra.ip, requests=False)]
+        reservation = budgets.plan(ra.principal, model, prompt_tokens, max_tokens, self._deployments(model))
+        piped, ledger = limiter.pipelined, budgets.ledger
+        decision: RateDecision | None = None
+        if checks and piped is not None and (not reservation.items or isinstance(ledger, RedisLedger)):
+            pairs = limiter.pairs(checks, prompt_tokens)
+            calls = piped.calls(pairs)
+            args = budgets.ledger_args(reservation) if reservation.items else None
+            if args is not None:
+                calls.append(cast(RedisLedger, ledger).reserve_call(*args))
+            replies = await piped.eval_many(calls)
+            decision = limiter.decide(checks, piped.results(pairs, replies))
+            reserved = True
+            if args is not None:
+                reserved = await cast(RedisLedger, ledger).reserved(replies[-1], *args)
+            self._record(ra, decision, bool(deferred))
+            if not decision.allowed:
+                if reserved and reservation.items:
+                    budgets.release(reservation)
+                decision.raise_if_refused()
+            await budgets.confirm(reservation, reserved)
             return Ticket(ra, reservation, decision)
-        tokens: RateDecision | None = None
         if checks:
-            tokens = await access.limiter.hit(checks, prompt_tokens)
-            ra.tokens = tokens
-            tokens.raise_if_refused()
-        return Ticket(
-            ra, await access.budgets.reserve(p, model, prompt_tokens, max_tokens, deployments), tokens
-        )
+            decision = await limiter.hit(checks, prompt_tokens)
+            self._record(ra, decision, bool(deferred))
+            decision.raise_if_refused()
+        if reservation.items:
+            await budgets.confirm(reservation, await ledger.reserve(*budgets.ledger_args(reservation)))
+        return Ticket(ra, reservation, decision)
+
+    @staticmethod
+    def _record(ra: RequestAccess, decision: RateDecision, with_requests: bool) -> None:
+        """Put the decision where the response's ``x-ratelimit-*`` headers are read from."""
+        if with_requests:
+            ra.requests = decision  # requests and tokens limits in one decision
+        else:
+            ra.tokens = decision
 
     def finish(
         self,
@@ -126,7 +149,11 @@ class Meter:
             cached=cached,
         )
         if ticket.tokens is not None and ticket.tokens.token_checks and completion_tokens > 0:
-            self._spawn(self._settle_tokens(ticket.tokens, completion_tokens))
+            self._settle_tokens.append((ticket.tokens, completion_tokens))
+            if self._settler is None or self._settler.done():
+                self._settler = asyncio.get_running_loop().create_task(
+                    self._settle(), name="ragline-token-settle"
+                )
 
     def release(self, ticket: Ticket | None) -> None:
         """The call failed before it produced anything: release the reservation, spend nothing."""
@@ -135,18 +162,17 @@ class Meter:
         ticket.done = True
         self._access.budgets.release(ticket.reservation)
 
-    async def _settle_tokens(self, decision: RateDecision, completion_tokens: int) -> None:
-        try:
-            await self._access.limiter.settle_tokens(decision, completion_tokens)
-        except Exception as e:  # a lost count, never a failed request
-            log.warning("could not count completion tokens against the tokens limits: %s", e)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _settle(self) -> None:
+        """Count finished calls' completion tokens, many calls in one go (one Redis round trip)."""
+        await asyncio.sleep(SETTLE_LINGER_S)
+        while self._settle_tokens:
+            batch, self._settle_tokens = self._settle_tokens, []
+            try:
+                await self._access.limiter.settle_tokens(batch)
+            except Exception as e:  # a lost count, never a failed request
+                log.warning("could not count completion tokens against the tokens limits: %s", e)
 
     async def drain(self) -> None:
         """Wait for the completion-token counts still in flight (at shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._settler is not None and not self._settler.done():
+            await asyncio.gather(self._settler, return_exceptions=True)

@@ -7,9 +7,9 @@ atomically inside Redis), through redis-py's asyncio client. Needs the ``redis``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from limits.aio.storage import RedisStorage, Storage
@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 _FEATURE = "shared state in Redis (state.url=redis://...)"
+
+
+class LuaScript(Protocol):
+    """A registered script: redis-py's ``Script``/``AsyncScript`` (its SHA1 and its source)."""
+
+    @property
+    def sha(self) -> str: ...
+
+    @property
+    def script(self) -> Any: ...
+
+
+ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
+"""A script, its keys and its arguments."""
 
 
 def require_driver() -> None:
@@ -42,6 +56,7 @@ class RedisState:
         self.prefix = key_prefix
         self.errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
         """What a failed Redis command raises."""
+        self._noscript: type[Exception] = redis.exceptions.NoScriptError
         # nothing connects before the first command (open() pings)
         self._redis: Redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -58,6 +73,44 @@ class RedisState:
     def client(self) -> Redis:
         """The asyncio client (one connection pool with the rate limiter)."""
         return self._redis
+
+    async def eval_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run Lua scripts in one pipeline (one round trip), in order; their replies.
+
+        EVALSHA only, with no SCRIPT EXISTS first (redis-py's scripts in a pipeline ask for that on
+        every execute, a second round trip). When Redis does not know a script (it restarted, or its
+        script cache was flushed), every script of the batch is loaded and the calls that failed are
+        run again, with each later call on the same keys (a read after a failed write would be stale).
+        """
+        try:
+            return await self._eval_many(calls)
+        except self.errors as e:
+            raise StateError(f"Redis at {_where(self.url)} failed: {type(e).__name__}") from e
+
+    async def _eval_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        replies = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, self._noscript)]
+        if missing:
+            for script in {id(c[0]): c[0] for c in calls}.values():
+                await self._redis.script_load(script.script)
+            touched: set[str] = set()
+            again: list[int] = []
+            for i, (_, keys, _) in enumerate(calls):
+                if i in missing or touched.intersection(keys):
+                    again.append(i)
+                    touched.update(keys)
+            for i, r in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
+                replies[i] = r
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     @property
     def limits_storage(self) -> Storage:
