@@ -303,9 +303,16 @@ class JobStore:
             for job, _, _ in dropped:
                 job.cancel_requested = True
                 self._finish(job, "cancelled", error="cancelled: the server shut down")
-            for job in self._jobs.values():
-                if not job.finished:
-                    job.cancel_requested = True
+            running = [job for job in self._jobs.values() if not job.finished]
+            for job in running:
+                job.cancel_requested = True
+        if dropped or running:
+            log.warning(
+                "shutting down: %d queued jobs cancelled, %d running jobs cancelling: %s",
+                len(dropped),
+                len(running),
+                " ".join(j.id for j in [*(d[0] for d in dropped), *running][:100]),
+            )
         for _, _, cleanup in dropped:
             if cleanup is not None:
                 _run_cleanup(cleanup, None)
