@@ -22,7 +22,7 @@ LIMITS = {
     "RAGLINE_SERVER__MAX_HEADER_COUNT": "50",
     "RAGLINE_SERVER__HEADER_TIMEOUT_S": "1.0",
     "RAGLINE_SERVER__BODY_TIMEOUT_S": "1.5",
-    "RAGLINE_SERVER__KEEPALIVE_TIMEOUT_S": "1.0",
+    "RAGLINE_SERVER__KEEPALIVE_TIMEOUT_S": "2.0",  # apart from the header timeout: each is measured
     "RAGLINE_SERVER__MAX_REQUESTS_PER_CONNECTION": "3",
     "RAGLINE_SERVER__MAX_CONNECTIONS": "300",
 }
@@ -116,6 +116,41 @@ def test_idle_connection_is_closed_after_the_header_timeout(server: str) -> None
         waited = time.monotonic() - t
     assert reply == b""
     assert 0.8 <= waited < 5
+
+
+def _read_response(s: socket.socket) -> bytes:
+    """One response (head and content-length body) off a connection that stays open."""
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk
+        body += chunk
+    return head
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(server: str) -> None:
+    with _connect(server) as s:
+        s.sendall(_head())
+        assert _read_response(s).startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.2)  # idle past the header timeout (1 s), within the keep-alive timeout (2 s)
+        s.sendall(_head())
+        assert _read_response(s).startswith(b"HTTP/1.1 200 "), "closed before the keep-alive timeout"
+        t = time.monotonic()
+        reply = _read_all(s, timeout=10)
+        waited = time.monotonic() - t
+    assert reply == b""
+    assert 1.6 <= waited < 5, f"an idle keep-alive connection was closed after {waited:.1f} s (timeout 2 s)"
 
 
 def test_half_sent_head_gets_408_after_the_header_timeout(server: str) -> None:

@@ -444,6 +444,20 @@ def test_collection_count_is_capped(make_engine: Callable[..., Engine]) -> None:
     assert engine.collections() == ["a", "b"]
 
 
+def test_collections_per_tenant_are_capped(make_engine: Callable[..., Engine]) -> None:
+    from ragline.errors import CollectionLimitReached
+
+    engine = make_engine(collections={"max_count": 10, "max_per_tenant": 2})
+    for name in ("a", "b", "acme~a", "acme~b"):
+        engine.collection(name, create=True)
+    for name in ("c", "acme~c"):
+        with pytest.raises(CollectionLimitReached, match=r"'c'.*limit of 2 collections per tenant"):
+            engine.collection(name, create=True)
+    engine.collection("other~a", create=True)  # another tenant still can
+    engine.collection("acme~a", create=True)  # an existing one is not a new one
+    assert len(engine.collections()) == 5
+
+
 def test_collection_names_must_match_whole() -> None:
     assert validate_name("kb") == "kb"
     for bad in ("kb\n", "kb\r\n", "\nkb", "k b", "../kb", "a" * 65, "", "kb\x00"):
@@ -829,7 +843,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 from ragline import Engine
 from ragline.config import load_settings
 data, n = Path(sys.argv[1]), int(sys.argv[2])
-engine = Engine(load_settings(data_dir=data, collections={"max_count": n}))
+engine = Engine(load_settings(data_dir=data, collections={"max_count": n, "max_per_tenant": n}))
 peak_fds = peak_threads = 0
 for i in range(n):
     engine.collection(f"c{i}", create=True)

@@ -212,6 +212,7 @@ def test_body_over_limit_is_413(server: str) -> None:
     r = httpx.post(server + "/v1/chat/completions", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert r.json()["error"]["type"] == "invalid_request_error"
+    assert "server.max_body_bytes" in r.json()["error"]["message"]
 
 
 def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:

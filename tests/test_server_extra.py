@@ -381,6 +381,7 @@ def test_chunked_body_over_limit_is_413(server: str) -> None:
     )
     assert r.status_code == 413
     assert r.json()["error"]["type"] == "invalid_request_error"
+    assert "server.max_body_bytes" in r.json()["error"]["message"]
 
     def small() -> Iterator[bytes]:
         yield b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}'

@@ -109,3 +109,33 @@ def test_sigterm_cancels_a_running_ingestion_job_and_exits(tmp_path: Path) -> No
     assert exited < 20, f"exit took {exited:.1f} s while a job ran"
     log = (tmp_path / "data" / "server.log").read_text()
     assert "Application shutdown complete" in log
+
+
+def test_sigterm_cancels_a_running_async_chat_job_and_exits(tmp_path: Path) -> None:
+    # a job generating 3000 tokens runs for minutes: exiting within the deadline means it was stopped
+    env = {"RAGLINE_SERVER__SHUTDOWN_TIMEOUT_S": "2", "RAGLINE_LLM__MAX_TOKENS": "4000"}
+    with ragline_process(tmp_path / "data", env) as (proc, base):
+        body = {
+            "model": "local",
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+            "max_tokens": 3000,
+            "temperature": 0,
+        }
+        r = httpx.post(base + "/v1/async/chat/completions", json=body, timeout=30)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # generating
+        assert httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "running"
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        exited = time.monotonic() - t
+    assert code in GRACEFUL
+    assert exited < 12, f"exit took {exited:.1f} s with a 2 s shutdown deadline while a job generated"
+    log = (tmp_path / "data" / "server.log").read_text()
+    assert "Application shutdown complete" in log
+    assert f"1 running jobs cancelling: {job_id}" in log

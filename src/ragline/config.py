@@ -160,6 +160,12 @@ class CollectionSettings(_Section):
     max_count: int = Field(
         1000, ge=1, description="collections in the data directory; creating one more is refused"
     )
+    max_per_tenant: int = Field(
+        100,
+        ge=1,
+        description="collections of one tenant (the default tenant's included); creating one more is "
+        "refused, so no tenant can take every slot of max_count",
+    )
     search_threads: int = Field(
         2, ge=1, le=64, description="threads of each open collection's search pool (the Qdrant engine's)"
     )
@@ -311,9 +317,7 @@ class ServerSettings(_Section):
     max_queued_jobs: int = Field(
         64, ge=0, description="jobs waiting to run; a job submitted past it gets 429 with Retry-After"
     )
-    max_jobs_per_key: int = Field(
-        16, ge=1, description="unfinished jobs one API key may hold (applies once requests carry keys)"
-    )
+    max_jobs_per_key: int = Field(16, ge=1, description="unfinished jobs one API key may hold")
     max_job_bytes: int = Field(
         1024 * 1024,
         ge=1024,

@@ -23,7 +23,7 @@ from typing import Any
 
 from ragline.answer.answerer import Answerer
 from ragline.answer.llm import LLM, TokenCallback, build_llm
-from ragline.collection import Collection, collections_root, list_collections, validate_name
+from ragline.collection import TENANT_SEP, Collection, collections_root, list_collections, validate_name
 from ragline.config import Settings, load_settings
 from ragline.embed.base import Embedder
 from ragline.embed.factory import build_embedder
@@ -149,15 +149,29 @@ class Engine:
         return max(1, min(limit, (soft - reserve) // _FDS_PER_COLLECTION))
 
     def check_can_create(self, name: str) -> None:
-        """Raise CollectionLimitReached if ``name`` is new and ``collections.max_count`` is reached."""
+        """Raise CollectionLimitReached if ``name`` is new and a collection cap is reached.
+
+        ``collections.max_count`` counts every collection in the data directory;
+        ``collections.max_per_tenant`` those of the tenant the stored name belongs to (the part
+        before ``TENANT_SEP``; the default tenant's names have none).
+        """
         name = validate_name(name)
         if (collections_root(self.settings) / name / "registry.sqlite").exists():
             return
+        public = name.rpartition(TENANT_SEP)[2]
+        existing = list_collections(self.settings)
         limit = self.settings.collections.max_count
-        if len(list_collections(self.settings)) >= limit:
+        if len(existing) >= limit:
             raise CollectionLimitReached(
-                f"cannot create collection {name!r}: the limit of {limit} collections is reached "
+                f"cannot create collection {public!r}: the limit of {limit} collections is reached "
                 "(collections.max_count); delete one first"
+            )
+        tenant = _tenant_of(name)
+        per_tenant = self.settings.collections.max_per_tenant
+        if sum(1 for c in existing if _tenant_of(c) == tenant) >= per_tenant:
+            raise CollectionLimitReached(
+                f"cannot create collection {public!r}: the limit of {per_tenant} collections per tenant "
+                "is reached (collections.max_per_tenant); delete one first"
             )
 
     @contextmanager
@@ -370,6 +384,12 @@ class Engine:
         return answerer.generate(
             question, self.llm, hits, usage, on_token=on_token, query_vector=qvec, max_tokens=max_tokens
         )
+
+
+def _tenant_of(stored: str) -> str:
+    """The tenant part of a stored collection name ("" for the default tenant's)."""
+    tenant, sep, _ = stored.partition(TENANT_SEP)
+    return tenant if sep else ""
 
 
 def _fill_dense_scores(col: Collection, hits: list[Hit], qvec: Any) -> None:

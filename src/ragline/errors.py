@@ -50,7 +50,7 @@ class LimitExceeded(RaglineError):
 
 
 class CollectionLimitReached(LimitExceeded):
-    """Creating another collection would pass ``collections.max_count``."""
+    """Creating another collection would pass ``collections.max_count`` or ``collections.max_per_tenant``."""
 
 
 class CollectionUnavailable(RaglineError):

@@ -95,6 +95,9 @@ class State:
             ttl_s=s.job_ttl_s,
             keep=s.max_finished_jobs,
         )
+        # Async jobs on the local model take at most n_parallel - 1 of its slots: one is always left
+        # to synchronous requests, however many jobs are queued (with one slot, jobs and requests share it).
+        self.async_local_slots = asyncio.Semaphore(max(1, engine.settings.llm.n_parallel - 1))
         self.access = AccessControl(engine.settings)
         self.meter = Meter(self.access, self.deployments_of)
         self.caller = caller_of(engine)
@@ -369,11 +372,13 @@ def create_app(
             raise ModelNotFound(req.model)
         state.chat.check(req)  # the limits, before the job is accepted
         ticket = await begin_chat(req, caller.access)  # the budget is reserved now, settled by the job
+        local = state.chat.uses_local_model(req)
 
         async def work() -> dict[str, Any]:
             stats = RequestStats()
             activate(stats)  # the job's own context: its tokens are counted like a request's
-            body = await metered(ticket, state.chat.complete(req, tenancy=caller.tenancy))
+            async with state.async_local_slots if local else contextlib.nullcontext():
+                body = await metered(ticket, state.chat.complete(req, tenancy=caller.tenancy))
             observe_usage(req.model, stats.deployment, body.get("usage"))
             return body
 

@@ -16,6 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragline.server.protocol import error_body
 
 
+def _too_large(limit: int) -> str:
+    return f"request body exceeds {limit} bytes (server.max_body_bytes)"
+
+
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when a streamed body passes the limit.
 
@@ -24,7 +28,7 @@ class BodyTooLarge(HTTPException):
     """
 
     def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")
+        super().__init__(status_code=413, detail=_too_large(limit))
 
 
 async def send_error(send: Send, status: int, message: str) -> None:
@@ -60,7 +64,9 @@ class BodyLimitMiddleware:
                 await send_error(send, 400, "invalid Content-Length")
                 return
             if too_big:
-                await send_error(send, 413, f"request body exceeds {self.max_bytes} bytes")
+                await send_error(
+                    send, 413, f"request body exceeds {self.max_bytes} bytes (server.max_body_bytes)"
+                )
                 return
             # the HTTP server never hands the app more than the declared length
             await self.app(scope, receive, send)

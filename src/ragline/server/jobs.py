@@ -5,7 +5,8 @@ Every job is bounded:
 - ingest jobs run on at most ``max_running_ingest`` worker threads and async chat jobs at most
   ``max_running_async`` at a time; the others wait in the queue, which holds at most
   ``max_queued`` jobs: a job submitted past that is refused (``JobRefused``: 429 with Retry-After);
-- one owner (an API key, once requests carry one) holds at most ``max_per_owner`` unfinished jobs;
+- one owner (the API key that submitted it; a request without a key has none) holds at most
+  ``max_per_owner`` unfinished jobs;
 - a job's stored result is at most ``max_result_bytes`` (JSON), else the job fails;
 - a running job is stopped after ``timeout_s``; any job can be cancelled (``cancel``): a queued one
   at once, a running ingestion between two embedding batches (or at once while its file is parsed:
@@ -302,9 +303,16 @@ class JobStore:
             for job, _, _ in dropped:
                 job.cancel_requested = True
                 self._finish(job, "cancelled", error="cancelled: the server shut down")
-            for job in self._jobs.values():
-                if not job.finished:
-                    job.cancel_requested = True
+            running = [job for job in self._jobs.values() if not job.finished]
+            for job in running:
+                job.cancel_requested = True
+        if dropped or running:
+            log.warning(
+                "shutting down: %d queued jobs cancelled, %d running jobs cancelling: %s",
+                len(dropped),
+                len(running),
+                " ".join(j.id for j in [*(d[0] for d in dropped), *running][:100]),
+            )
         for _, _, cleanup in dropped:
             if cleanup is not None:
                 _run_cleanup(cleanup, None)

@@ -102,6 +102,10 @@ class ChatService:
         names = tenancy.collections() if tenancy is not None else self._engine.collections()
         return [self.local_model, *gateway_models, *(RAG_PREFIX + c for c in names)]
 
+    def uses_local_model(self, req: ChatCompletionRequest) -> bool:
+        """Whether this request runs on the local model (it and rag/ names; not the gateway's)."""
+        return self._routed(req) is None
+
     def _routed(self, req: ChatCompletionRequest) -> Router | None:
         """The gateway when it serves this model name (the local model and rag/ names never are)."""
         gw = self.gateway

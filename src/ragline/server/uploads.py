@@ -141,6 +141,7 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
         if check_conflict and (why := await asyncio.to_thread(_conflict, engine, name, ident, source)):
             raise Conflict(why, param="file", code="document_exists")
         limit = min(max_upload_bytes, engine.settings.ingest.max_file_bytes)
+        setting = "ingest.max_file_bytes" if limit < max_upload_bytes else "server.max_body_bytes"
         tmpdir = Path(tempfile.mkdtemp(prefix="ragline-upload-"))
         target = tmpdir / filename
 
@@ -153,7 +154,7 @@ def build_upload_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -
                 while chunk := await file.read(1 << 20):
                     size += len(chunk)
                     if size > limit:
-                        raise PayloadTooLarge(f"file exceeds {limit} bytes", param="file")
+                        raise PayloadTooLarge(f"file exceeds {limit} bytes ({setting})", param="file")
                     fh.write(chunk)
         except BaseException:
             cleanup()  # nothing is left behind by a refused upload
