@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, Storage
@@ -48,7 +48,7 @@ from ragline.state.base import SharedState, StateError
 from ragline.state.redis import RedisState, ScriptCall
 
 if TYPE_CHECKING:
-    from ragline.state.redis import LuaScript
+    pass
 
 Kind = Literal["requests", "tokens"]
 
@@ -169,6 +169,7 @@ class PipelinedSlidingWindow:
         self._storage = storage
         self._bridge = bridge
         self._state = state  # its client shares the storage's connection pool
+        self._script = state.client.register_script(_many_script(bridge))
 
     @staticmethod
     def supports(storage: Storage, strategy: str) -> bool:
@@ -184,27 +185,20 @@ class PipelinedSlidingWindow:
         return [b.prefixed_key(s._previous_window_key(key)), b.prefixed_key(s._current_window_key(key))]
 
     def calls(self, pairs: Sequence[tuple[Check, int]]) -> list[ScriptCall]:
-        """The scripts that hit each check with its cost (0: no hit), each followed by a read of its
-        window; for ``results`` once run (alone, or in a pipeline with other scripts)."""
-        # registered on the asyncio client (limits types them as the sync scripts)
-        acquire = cast("LuaScript", self._bridge.lua_acquire_sliding_window)
-        window = cast("LuaScript", self._bridge.lua_sliding_window)
-        calls: list[ScriptCall] = []
+        """The script call that hits each check with its cost (0: no hit), each followed by a read
+        of its window; for ``results`` once run (alone, or in a pipeline with other scripts)."""
+        keys: list[str] = []
+        args: list[int] = [len(pairs)]
         for c, cost in pairs:
-            keys, expiry = self._keys(c), c.item.get_expiry()
-            if cost > 0:
-                calls.append((acquire, keys, [c.item.amount, expiry, cost]))
-            calls.append((window, keys, [expiry]))
-        return calls
+            keys += self._keys(c)
+            args += [c.item.amount, c.item.get_expiry(), cost]
+        return [(self._script, keys, args)]
 
     @staticmethod
     def results(pairs: Sequence[tuple[Check, int]], replies: Sequence[Any]) -> list[tuple[bool, WindowState]]:
-        it = iter(replies)
-        out: list[tuple[bool, WindowState]] = []
-        for c, cost in pairs:
-            ok = bool(next(it)) if cost > 0 else True
-            out.append((ok, _window_state(c, next(it))))
-        return out
+        """What ``calls``' reply (the first of ``replies``) says, per check."""
+        rows = replies[0]
+        return [(bool(row[0]), _window_state(c, row[1:])) for (c, _), row in zip(pairs, rows, strict=True)]
 
     async def run(self, pairs: Sequence[tuple[Check, int]]) -> list[tuple[bool, WindowState]]:
         """Hit each check with its cost (0: no hit, only its window read), then read its window."""
@@ -213,6 +207,32 @@ class PipelinedSlidingWindow:
     async def eval_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run these scripts (``calls`` and others) in one pipeline, in the limiter's Redis."""
         return await self._state.eval_many(calls)
+
+
+def _many_script(bridge: RedispyBridge) -> str:
+    """One Lua script that runs the library's two sliding-window scripts (their own source, as local
+    functions) for each of several limits: acquire (when the cost is above 0), then read the window.
+
+    ARGV: the number of limits, then per limit its amount, its period in seconds and the cost; KEYS:
+    per limit its previous and current window keys. Returns per limit {admitted, previous count,
+    previous TTL, current count, current TTL} (TTLs in ms, as ``sliding_window.lua`` returns them).
+    """
+    acquire = bytes(bridge.SCRIPT_ACQUIRE_SLIDING_WINDOW).decode()
+    window = bytes(bridge.SCRIPT_SLIDING_WINDOW).decode()
+    return (
+        f"local function acquire(KEYS, ARGV)\n{acquire}\nend\n"
+        f"local function window(KEYS, ARGV)\n{window}\nend\n"
+        "local out = {}\n"
+        "for i = 0, tonumber(ARGV[1]) - 1 do\n"
+        "  local keys = {KEYS[2 * i + 1], KEYS[2 * i + 2]}\n"
+        "  local limit, expiry, cost = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]\n"
+        "  local ok = 1\n"
+        "  if tonumber(cost) > 0 and not acquire(keys, {limit, expiry, cost}) then ok = 0 end\n"
+        "  local w = window(keys, {expiry})\n"
+        "  out[i + 1] = {ok, w[1], w[2], w[3], w[4]}\n"
+        "end\n"
+        "return out\n"
+    )
 
 
 class LocalSlidingWindow:
