@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ragline.access.admin import AccessAdmin
-from ragline.access.keys import PREFIX
+from ragline.access.keys import id_from
 from ragline.access.views import key_row, spend_row, tenant_row, when
 from ragline.config import Settings, load_settings
 from ragline.state.factory import build_state
@@ -93,14 +93,6 @@ def _instant(text: str, hint: str) -> float:
     except ValueError:
         raise typer.BadParameter(f"{text!r}: give a date like 2026-12-31 (UTC)", param_hint=hint) from None
     return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
-
-
-def _key_id(text: str) -> str:
-    """A key id from an id, its display form ``rl-<id>_…`` or the whole key."""
-    t = text.strip()
-    if t.startswith(PREFIX):
-        t = t[len(PREFIX) :]
-    return t.split("_", 1)[0]
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
@@ -228,7 +220,7 @@ def keys_revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a key: every server refuses it within auth.revision_poll_s."""
-    kid = _key_id(key_id)
+    kid = id_from(key_id)
     if not _run(config, lambda a, _: a.revoke_key(kid)):
         err.print(f"[red]error:[/red] no active key {escape(kid[:40])}")
         raise typer.Exit(code=1)
@@ -269,7 +261,7 @@ def spend(
         first = now.replace(hour=0, minute=0, second=0, microsecond=0)
         start = 0.0 if p == "total" else (first if p == "day" else first.replace(day=1)).timestamp()
     end = _instant(until, "--until") if until is not None else (now + timedelta(seconds=1)).timestamp()
-    kid = _key_id(key) if key else None
+    kid = id_from(key) if key else None
     grouping = cast(list[SpendGroup], groups)
     rows: list[SpendRow] = _run(config, lambda a, _: a.spend(start, end, grouping, tenant=tenant, key_id=kid))
     out = [spend_row(r) for r in rows]

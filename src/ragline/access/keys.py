@@ -39,6 +39,14 @@ def key_id_of(presented: str) -> str | None:
     return m.group(1) if m else None
 
 
+def id_from(text: str) -> str:
+    """A key id from an id, its display form ``rl-<id>_…`` or the whole key (what admins type)."""
+    t = text.strip()
+    if t.startswith(PREFIX):
+        t = t[len(PREFIX) :]
+    return t.split("_", 1)[0]
+
+
 def hash_key(presented: str) -> str:
     """Hex SHA-256 of a key (what the store keeps)."""
     return hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()

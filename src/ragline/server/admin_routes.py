@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from ragline.access import AccessControl
 from ragline.access.admin import UNSET
-from ragline.access.keys import PREFIX
+from ragline.access.keys import id_from
 from ragline.access.views import key_row, spend_row, tenant_row, when
 from ragline.server.errors import BadRequest, NotFound
 from ragline.store.records import SpendGroup
@@ -53,13 +53,6 @@ class CreateKey(BaseModel):
     period: Period = "month"
     rate_requests: str | None = Field(None, max_length=100)
     rate_tokens: str | None = Field(None, max_length=100)
-
-
-def _key_id(text: str) -> str:
-    t = text.strip()
-    if t.startswith(PREFIX):
-        t = t[len(PREFIX) :]
-    return t.split("_", 1)[0]
 
 
 def _period_start(period: Period, now: datetime) -> float:
@@ -122,7 +115,7 @@ def build_admin_router(access: AccessControl) -> APIRouter:
 
     @r.delete("/keys/{key_id}")
     async def revoke_key(key_id: str) -> dict[str, Any]:
-        kid = _key_id(key_id)
+        kid = id_from(key_id)
         if not await admin.revoke_key(kid):
             raise NotFound(f"no active key {kid!r}", param="key_id")
         return {"key_id": kid, "object": "key", "revoked": True}
@@ -144,7 +137,7 @@ def build_admin_router(access: AccessControl) -> APIRouter:
         t0 = start if start is not None else _period_start(period, now)
         t1 = end if end is not None else now.timestamp() + 1
         grouping: list[SpendGroup] = groups  # type: ignore[assignment]  # checked above
-        rows = await admin.spend(t0, t1, grouping, tenant=tenant, key_id=_key_id(key_id) if key_id else None)
+        rows = await admin.spend(t0, t1, grouping, tenant=tenant, key_id=id_from(key_id) if key_id else None)
         return {"object": "list", "start": when(t0), "end": when(t1), "data": [spend_row(x) for x in rows]}
 
     return r
