@@ -436,9 +436,9 @@ class Limiter:
             return
         if self._local is not None:
             for c, n in pairs:
-                _, state = self._local.hit(c, 0)
-                if min(n, state.remaining) > 0:
-                    self._local.hit(c, min(n, state.remaining))
+                ok, state = self._local.hit(c, n)
+                if not ok and state.remaining > 0:
+                    self._local.hit(c, state.remaining)
             return
         if self._pipelined is not None:
             # all of it at once; where a window cannot take all of it, what it still has room for
