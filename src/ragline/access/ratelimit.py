@@ -192,13 +192,18 @@ class PipelinedSlidingWindow:
         for c, cost in pairs:
             keys += self._keys(c)
             args += [c.item.amount, c.item.get_expiry(), cost]
-        return [(self._script, keys, args)]
+        return [(self._script, keys, [",".join(map(str, args))])]
 
     @staticmethod
     def results(pairs: Sequence[tuple[Check, int]], replies: Sequence[Any]) -> list[tuple[bool, WindowState]]:
         """What ``calls``' reply (the first of ``replies``) says, per check."""
-        rows = replies[0]
-        return [(bool(row[0]), _window_state(c, row[1:])) for (c, _), row in zip(pairs, rows, strict=True)]
+        raw = replies[0]
+        values = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(",")
+        out: list[tuple[bool, WindowState]] = []
+        for i, (c, _) in enumerate(pairs):
+            ok, *window = values[5 * i : 5 * i + 5]
+            out.append((ok == "1", _window_state(c, [v or None for v in window])))
+        return out
 
     async def run(self, pairs: Sequence[tuple[Check, int]]) -> list[tuple[bool, WindowState]]:
         """Hit each check with its cost (0: no hit, only its window read), then read its window."""
@@ -213,25 +218,33 @@ def _many_script(bridge: RedispyBridge) -> str:
     """One Lua script that runs the library's two sliding-window scripts (their own source, as local
     functions) for each of several limits: acquire (when the cost is above 0), then read the window.
 
-    ARGV: the number of limits, then per limit its amount, its period in seconds and the cost; KEYS:
-    per limit its previous and current window keys. Returns per limit {admitted, previous count,
-    previous TTL, current count, current TTL} (TTLs in ms, as ``sliding_window.lua`` returns them).
+    ARGV[1]: comma-separated, the number of limits, then per limit its amount, its period in seconds
+    and the cost; KEYS: per limit its previous and current window keys. Returns one comma-separated
+    string, per limit: admitted (1/0), previous count, previous TTL, current count, current TTL (TTLs
+    in ms, as ``sliding_window.lua`` returns them; an empty field for a missing key). One argument
+    and one string, not ~30 arguments and ~40 reply lines: redis-py's encoding and parsing of each
+    cost more than the scripts themselves.
     """
     acquire = bytes(bridge.SCRIPT_ACQUIRE_SLIDING_WINDOW).decode()
     window = bytes(bridge.SCRIPT_SLIDING_WINDOW).decode()
     return (
         f"local function acquire(KEYS, ARGV)\n{acquire}\nend\n"
         f"local function window(KEYS, ARGV)\n{window}\nend\n"
+        "local a = {}\n"
+        "for v in string.gmatch(ARGV[1], '[^,]+') do a[#a + 1] = v end\n"
         "local out = {}\n"
-        "for i = 0, tonumber(ARGV[1]) - 1 do\n"
+        "for i = 0, tonumber(a[1]) - 1 do\n"
         "  local keys = {KEYS[2 * i + 1], KEYS[2 * i + 2]}\n"
-        "  local limit, expiry, cost = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]\n"
-        "  local ok = 1\n"
-        "  if tonumber(cost) > 0 and not acquire(keys, {limit, expiry, cost}) then ok = 0 end\n"
+        "  local limit, expiry, cost = a[3 * i + 2], a[3 * i + 3], a[3 * i + 4]\n"
+        "  local ok = '1'\n"
+        "  if tonumber(cost) > 0 and not acquire(keys, {limit, expiry, cost}) then ok = '0' end\n"
         "  local w = window(keys, {expiry})\n"
-        "  out[i + 1] = {ok, w[1], w[2], w[3], w[4]}\n"
+        "  for _, v in ipairs({ok, w[1] or '', w[2] or '', w[3] or '', w[4] or ''}) do\n"
+        "    if type(v) == 'number' then v = string.format('%d', v) end\n"
+        "    out[#out + 1] = v\n"
+        "  end\n"
         "end\n"
-        "return out\n"
+        "return table.concat(out, ',')\n"
     )
 
 
