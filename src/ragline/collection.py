@@ -68,6 +68,13 @@ def list_collections(settings: Settings) -> list[str]:
     )
 
 
+def collection_exists(settings: Settings, name: str) -> bool:
+    """Whether ``name`` is an existing collection (False for a name that is not a valid one)."""
+    if not _NAME.fullmatch(name):
+        return False
+    return (collections_root(settings) / name / "registry.sqlite").exists()
+
+
 class Collection:
     """Opened with an exclusive lock: one process writes a collection at a time."""
 

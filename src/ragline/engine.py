@@ -23,7 +23,14 @@ from typing import Any
 
 from ragline.answer.answerer import Answerer
 from ragline.answer.llm import LLM, TokenCallback, build_llm
-from ragline.collection import TENANT_SEP, Collection, collections_root, list_collections, validate_name
+from ragline.collection import (
+    TENANT_SEP,
+    Collection,
+    collection_exists,
+    collections_root,
+    list_collections,
+    validate_name,
+)
 from ragline.config import Settings, load_settings
 from ragline.embed.base import Embedder
 from ragline.embed.factory import build_embedder
@@ -130,6 +137,14 @@ class Engine:
 
     def collections(self) -> list[str]:
         return list_collections(self.settings)
+
+    def has_collection(self, name: str) -> bool:
+        """Whether a collection exists: no I/O when it is open, else one ``stat`` (not a listing of
+        every collection, which grows with their number)."""
+        with self._lock:
+            if name in self._collections:
+                return True
+        return collection_exists(self.settings, name)
 
     def open_collections(self) -> list[str]:
         """The collections open now, least recently used first."""

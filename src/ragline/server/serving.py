@@ -116,7 +116,7 @@ class ChatService:
         if req.model.startswith(RAG_PREFIX):
             name = req.model[len(RAG_PREFIX) :]
             stored = tenancy.stored(name, "model") if tenancy is not None else name
-            if stored not in self._engine.collections():
+            if not self._engine.has_collection(stored):
                 raise ModelNotFound(req.model)
             return stored
         if req.model != self.local_model:

@@ -43,9 +43,10 @@ class Tenancy:
         return [p for s in self._engine.collections() if (p := self.public(s)) is not None]
 
     def existing(self, name: str, param: str = "collection") -> str:
-        """The stored name of an existing collection of this tenant's, else 404 (blocking)."""
+        """The stored name of an existing collection of this tenant's, else 404 (no I/O when the
+        collection is open, else one ``stat``)."""
         stored = self.stored(name, param)
-        if stored not in self._engine.collections():
+        if not self._engine.has_collection(stored):
             raise NotFound(f"collection {name!r} does not exist", param=param)
         return stored
 
