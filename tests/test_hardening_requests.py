@@ -160,6 +160,10 @@ def test_chat_messages_prompt_and_max_tokens_are_bounded(server: Server) -> None
         body = {"model": "capped", "messages": MSG, "max_tokens": 8193, "stream": stream}
         err = _refused(_post(server, "/v1/chat/completions", body), "gateway.models.capped.max_tokens")
         assert err["code"] == "max_tokens_too_large"
+        # one without a cap of its own: gateway.max_tokens (262144), not 2^31-1 sent upstream
+        body = {"model": "gw", "messages": MSG, "max_tokens": 2**31 - 1, "stream": stream}
+        err = _refused(_post(server, "/v1/chat/completions", body), "gateway.max_tokens")
+        assert err["code"] == "max_tokens_too_large"
     r = _post(server, "/v1/completions", {"model": "local", "prompt": "Hello", "max_tokens": 5000})
     _refused(r, "llm.n_ctx", "max_tokens")
     r = _post(server, "/v1/completions", {"model": "local", "prompt": "word " * 4000})

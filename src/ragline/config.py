@@ -499,6 +499,13 @@ class GatewaySettings(_Section):
 
     deployments: list[GatewayDeploymentSettings] = []
     models: dict[str, GatewayModelSettings] = {}
+    max_tokens: int = Field(
+        262_144,
+        ge=1,
+        description="the largest max_tokens a request to a gateway model may ask for when the model "
+        "sets no max_tokens of its own (gateway.models.<name>.max_tokens); above it: 400 before any "
+        "upstream call",
+    )
     rules: list[GatewayRuleSettings] = []
     retry: GatewayRetrySettings = GatewayRetrySettings()
     breaker: GatewayBreakerSettings = GatewayBreakerSettings()

@@ -257,7 +257,7 @@ def create_app(
     def completion_cap(model: str) -> int | None:
         group = engine.settings.gateway.models.get(model)
         if group is not None:
-            return group.max_tokens
+            return group.max_tokens or engine.settings.gateway.max_tokens
         routed = state.gateway is not None and state.gateway.handles(model)
         return None if routed else engine.settings.llm.n_ctx
 

@@ -170,15 +170,16 @@ class ChatService:
         if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
             check_max_tokens(self._engine, req.model, asked)
         elif (group := self._engine.settings.gateway.models.get(req.model)) is not None:
-            cap = group.max_tokens
-            if cap is not None and asked is not None and asked > cap:
+            cap, where = group.max_tokens, f"gateway.models.{req.model}.max_tokens"
+            if cap is None:
+                cap, where = self._engine.settings.gateway.max_tokens, "gateway.max_tokens"
+            if asked is not None and asked > cap:
                 raise BadRequest(
-                    f"max_tokens {asked} is more than model '{req.model}' allows "
-                    f"({cap} tokens, gateway.models.{req.model}.max_tokens)",
+                    f"max_tokens {asked} is more than model '{req.model}' allows ({cap} tokens, {where})",
                     param="max_tokens",
                     code="max_tokens_too_large",
                 )
-        # without a cap, a gateway model's upstream checks its own context; unknown names are a 404 later
+        # unknown names are a 404 later
 
     # -- non-streaming -------------------------------------------------------------------
 
