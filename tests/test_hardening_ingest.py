@@ -479,8 +479,19 @@ def test_doc_ids_are_normalised_and_refused_when_hostile() -> None:
     for bad in ("a\u202eb", "a\nb", "a\x00b", "a\u200bb", "x" * 513, " ", "a\ud800b"):
         with pytest.raises(ValueError):
             normalize_id(bad)
+    # look-alikes: a word mixing alphabets whose letters pass for each other
+    for bad in ("p\u0430ypal.pdf", "inv\u03bfice.txt", "\uff45xe.txt" + "e", "r\U0001d41eport.md"):
+        with pytest.raises(ValueError, match="look-alike"):
+            normalize_id(bad)
+    for fine in (
+        "\u043e\u0442\u0447\u0451\u0442.pdf",
+        "\u0392\u03b9\u03b2\u03bb\u03af\u03bf.txt",
+        "report-\u043e\u0442\u0447\u0451\u0442.pdf",
+        "caf\u00e9 menu.txt",
+    ):
+        assert normalize_id(fine) == fine  # one alphabet per word, whatever it is
     assert upload_name("docs/2024/report.pdf") == ("report.pdf", "docs/2024/report.pdf")
-    for bad in ("x" * 252 + ".txt", "a\x00.txt", ".hidden", "dir/", "\u202etxt.exe"):
+    for bad in ("x" * 252 + ".txt", "a\x00.txt", ".hidden", "dir/", "\u202etxt.exe", "p\u0430ypal.pdf"):
         with pytest.raises(ValueError):
             upload_name(bad)
 
@@ -714,6 +725,10 @@ def test_http_names_ids_and_file_names(srv: tuple[str, int, Path]) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "doc_id"
     bad_id = {"documents": [{"id": "line\nbreak", "text": "Text."}]}
     assert httpx.post(base + "/v1/collections/names/documents", json=bad_id).status_code == 400
+    r = _upload(base, "names", "p\u0430ypal.txt".encode(), b"Some text.")  # a Cyrillic a
+    assert r.status_code == 400 and "look-alike" in r.json()["error"]["message"]
+    lookalike = {"documents": [{"id": "inv\u03bfice", "text": "Text."}]}  # a Greek omicron
+    assert httpx.post(base + "/v1/collections/names/documents", json=lookalike).status_code == 400
     assert not list(tmp.glob("ragline-upload-*"))  # refused uploads leave no folder behind
 
     nfd = {"documents": [{"id": "cafe\u0301", "text": "Coffee notes about a small cafe."}]}

@@ -3,8 +3,11 @@
 An id is NFC-normalised (the same text typed on two systems is the same id), at most
 ``MAX_DOC_ID_CHARS`` characters, and refused when it holds a control character, a bidirectional
 override or isolate (text that displays in another order than it is stored: ``exe.txt`` shown
-for ``txt.exe``), an invisible character or an unpaired surrogate. Refused ids raise ValueError
-with the reason; the server turns it into a 400.
+for ``txt.exe``), an invisible character, an unpaired surrogate, or a word that mixes look-alike
+alphabets (Latin with Cyrillic or Greek letters, or with fullwidth or mathematical ones:
+``pаypal.pdf`` with a Cyrillic ``а`` displays as another document's name). Words in one alphabet
+are fine, whatever it is (``отчёт.pdf``, ``Βιβλίο.txt``). Refused ids raise ValueError with the
+reason; the server turns it into a 400.
 """
 
 from __future__ import annotations
@@ -21,6 +24,35 @@ MAX_SOURCE_CHARS = 1024
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _INVISIBLE = frozenset("\u200b\u2060\ufeff\u2028\u2029")
 _SEPARATORS = re.compile(r"[\\/]")
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+# alphabets whose letters pass for each other (Unicode's confusables are mostly between these)
+_LOOKALIKE = (
+    ("FULLWIDTH LATIN", "fullwidth Latin"),
+    ("MATHEMATICAL", "mathematical"),
+    ("LATIN", "Latin"),
+    ("CYRILLIC", "Cyrillic"),
+    ("GREEK", "Greek"),
+)
+
+
+class LookalikeId(ValueError):
+    """An id refused for look-alike letters only (printable and bounded otherwise)."""
+
+
+def _alphabet(ch: str) -> str | None:
+    name = unicodedata.name(ch, "")
+    return next((label for prefix, label in _LOOKALIKE if name.startswith(prefix)), None)
+
+
+def _mixed_word(text: str) -> tuple[str, list[str]] | None:
+    """The first word that mixes look-alike alphabets, with them; None when there is none."""
+    for word in _WORD.findall(text):
+        found = sorted({a for ch in word if (a := _alphabet(ch)) is not None})
+        if len(found) > 1:
+            return word, found
+    return None
 
 
 def _refused(ch: str) -> bool:
@@ -41,6 +73,13 @@ def normalize_id(value: str, *, what: str = "document id", max_chars: int = MAX_
     if bad is not None:
         raise ValueError(
             f"{what} contains a control, bidirectional or invisible character (U+{ord(bad):04X})"
+        )
+    mixed = _mixed_word(text)
+    if mixed is not None:
+        word, alphabets = mixed
+        raise LookalikeId(
+            f"{what} mixes {' and '.join(alphabets)} letters in one word ({word!r}): look-alike "
+            "characters that would display as another name"
         )
     return text
 

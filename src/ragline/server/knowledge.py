@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ragline.engine import Engine
-from ragline.ingest.ids import normalize_id
+from ragline.ingest.ids import LookalikeId, normalize_id
 from ragline.server.caller import CallerDep
 from ragline.server.errors import BadRequest
 from ragline.server.jobs import JobStore
@@ -64,6 +64,11 @@ def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRo
         name = caller.tenancy.existing(name)
         try:  # at most a path's length: ids of files ingested by the CLI are their paths
             wanted = normalize_id(doc_id, what="doc_id", max_chars=4096)
+        except LookalikeId as e:
+            # an id the API refuses now, stored earlier (or by the CLI): it can still be deleted
+            if await asyncio.to_thread(engine.document, doc_id, collection=name) is None:
+                raise BadRequest(str(e), param="doc_id") from None
+            wanted = doc_id
         except ValueError as e:
             raise BadRequest(str(e), param="doc_id") from None
         if wanted != doc_id and await asyncio.to_thread(engine.document, wanted, collection=name) is None:
