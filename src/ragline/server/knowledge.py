@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from ragline.engine import Engine
+from ragline.gateway import codec
 from ragline.ingest.ids import LookalikeId, normalize_id
 from ragline.server.caller import CallerDep
 from ragline.server.errors import BadRequest
@@ -50,14 +51,16 @@ def build_router(engine: Engine, jobs: JobStore, max_upload_bytes: int) -> APIRo
         return {"id": name, "object": "collection", "deleted": True}
 
     @r.get("/collections/{name}/documents")
-    async def list_documents(
-        name: str, caller: CallerDep, limit: int = 100, offset: int = 0
-    ) -> dict[str, Any]:
+    async def list_documents(name: str, caller: CallerDep, limit: int = 100, offset: int = 0) -> Response:
         stored = caller.tenancy.existing(name)
         if not 1 <= limit <= 10000 or offset < 0:
             raise BadRequest("limit must be 1-10000 and offset >= 0", param="limit")
-        docs = await asyncio.to_thread(engine.documents, collection=stored, limit=limit, offset=offset)
-        return {"object": "list", "data": [d.public() for d in docs]}
+
+        def page() -> bytes:  # up to 10,000 records: read and encoded off the event loop
+            docs = engine.documents(collection=stored, limit=limit, offset=offset)
+            return codec.dumps({"object": "list", "data": [d.public() for d in docs]})
+
+        return Response(await asyncio.to_thread(page), media_type="application/json")
 
     @r.delete("/collections/{name}/documents/{doc_id:path}")
     async def delete_document(name: str, doc_id: str, caller: CallerDep) -> dict[str, Any]:
