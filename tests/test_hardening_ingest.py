@@ -499,6 +499,18 @@ def test_doc_ids_are_normalised_and_refused_when_hostile() -> None:
 # -- jobs (the store itself) ------------------------------------------------------------------------
 
 
+def test_finished_job_results_are_bounded_in_bytes_all_together() -> None:
+    """1,000 finished jobs of up to a MiB each would hold a GiB: past keep_bytes the oldest go."""
+    store = JobStore(max_result_bytes=10_000, keep=1000, keep_bytes=30_000)
+    jobs = []
+    for i in range(8):
+        jobs.append(store.submit("ingest", lambda p, s, i=i: {"blob": str(i) * 9_000}))
+        _wait(lambda: jobs[-1].finished)
+    kept = [j for j in jobs if store.get(j.id) is not None]
+    assert kept == jobs[-3:]  # 3 x ~9 KB fit in 30 KB; the 5 older ones were forgotten
+    assert all(j.status == "succeeded" for j in kept)
+
+
 def _wait(cond: Callable[[], bool], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -331,6 +331,12 @@ class ServerSettings(_Section):
         3600.0, gt=0.0, description="finished jobs are forgotten this long after they end"
     )
     max_finished_jobs: int = Field(1000, ge=1, description="finished jobs kept at most (the oldest go first)")
+    max_finished_job_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="finished jobs' stored results kept at most, in bytes of JSON all together (the oldest "
+        "jobs go first)",
+    )
     max_connections: int = Field(1024, ge=1, description="open client connections; one more is answered 503")
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="request line and headers of one request; over it: 431"

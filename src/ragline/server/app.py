@@ -94,6 +94,7 @@ class State:
             timeout_s=s.job_timeout_s,
             ttl_s=s.job_ttl_s,
             keep=s.max_finished_jobs,
+            keep_bytes=s.max_finished_job_bytes,
         )
         # Async jobs on the local model take at most n_parallel - 1 of its slots: one is always left
         # to synchronous requests, however many jobs are queued (with one slot, jobs and requests share it).

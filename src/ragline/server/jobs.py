@@ -11,7 +11,8 @@ Every job is bounded:
 - a running job is stopped after ``timeout_s``; any job can be cancelled (``cancel``): a queued one
   at once, a running ingestion between two embedding batches (or at once while its file is parsed:
   the parser process is killed), an async chat job at its next await;
-- finished jobs are forgotten ``ttl_s`` after they end, and past ``keep`` the oldest go first.
+- finished jobs are forgotten ``ttl_s`` after they end, and past ``keep`` jobs or ``keep_bytes`` of
+  stored results the oldest go first.
 
 A failed job's error is a reason for the user: a ragline error's message, never an exception's
 class name or a library's internals (those go to the server log).
@@ -81,6 +82,8 @@ class Job:
     timed_out: bool = False
     #: ``time.monotonic()`` past which the job is stopped; None = no limit.
     deadline: float | None = None
+    #: The size of its stored result (JSON bytes), counted against ``keep_bytes``.
+    result_bytes: int = 0
 
     @property
     def finished(self) -> bool:
@@ -144,6 +147,7 @@ class JobStore:
         timeout_s: float = 3600.0,
         ttl_s: float = 3600.0,
         keep: int = 1000,
+        keep_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.max_running_ingest = max_running_ingest
         self.max_running_async = max_running_async
@@ -153,6 +157,7 @@ class JobStore:
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
         self.keep = keep
+        self.keep_bytes = keep_bytes
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when an ingest job ends
@@ -410,6 +415,7 @@ class JobStore:
                     "(server.max_job_bytes)",
                 )
             else:
+                job.result_bytes = size
                 self._finish(job, "succeeded", result=result)
 
     def _stopped(self, job: Job) -> None:
@@ -443,9 +449,18 @@ class JobStore:
             del self._jobs[job_id]
 
     def _trim(self) -> None:
-        done = [j for j in self._jobs.values() if j.finished_at is not None]
-        for j in sorted(done, key=lambda j: j.finished_at or 0)[: max(0, len(done) - self.keep)]:
+        """Past ``keep`` finished jobs, or ``keep_bytes`` of their results, the oldest go first."""
+        done = sorted(
+            (j for j in self._jobs.values() if j.finished_at is not None), key=lambda j: j.finished_at or 0
+        )
+        held = sum(j.result_bytes for j in done)
+        excess = len(done) - self.keep
+        for j in done:
+            if excess <= 0 and held <= self.keep_bytes:
+                break
             del self._jobs[j.id]
+            excess -= 1
+            held -= j.result_bytes
 
 
 def _run_cleanup(cleanup: Cleanup, job: Job | None) -> None:
