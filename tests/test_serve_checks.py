@@ -79,9 +79,8 @@ async def test_ready_reports_why_the_models_failed_to_load(
                 if resp.json()["status"] != "loading" or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.05)
-    assert resp.json() == {
-        "status": "failed",
-        "reason": f"embedding model directory not found: {tmp_path / 'none'}",
-    }
+    # health is open to anyone: it names no file; the log says which
+    assert resp.json() == {"status": "failed", "reason": "the models failed to load; the server log says why"}
     failures = [r for r in caplog.records if "failed to load" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is None  # one line, no traceback
+    assert f"embedding model directory not found: {tmp_path / 'none'}" in failures[0].getMessage()

@@ -228,7 +228,9 @@ def create_app(
     async def ready() -> Response:
         if not state.ready:
             if state.load_error is not None:
-                return JSONResponse({"status": "failed", "reason": state.load_error}, status_code=503)
+                # health is open to anyone: the reason (it names files) is in the server's log only
+                reason = "the models failed to load; the server log says why"
+                return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
