@@ -357,7 +357,8 @@ async def test_fast_path_answers_like_the_route(
     served: tuple[httpx.AsyncClient, list[dict[str, Any]]],
 ) -> None:
     client, seen = served
-    body = {"model": "gw", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    body = {"model": "gw", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
     r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "up-model" and r.headers["content-type"] == "application/json"

@@ -4,7 +4,7 @@ Every model call runs in a worker thread (``asyncio.to_thread`` unless the serve
 its bounded LLM thread pool; llama.cpp releases the GIL), never on the event loop.
 Streaming bridges the model's token callback to an asyncio queue. The model is taken from
 a factory on first use, so building the gateway does not load it. What the local model
-cannot honour (tools, response_format, ...) is ignored.
+cannot honour is refused with a 400 naming the field (``unsupported``), never ignored.
 
 A generation nobody waits for any more (the client went away, a timeout fired) stops at its
 next token, streamed or not: the token callback tells llama.cpp to stop (``answer/tokens.py``).
@@ -17,7 +17,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from ragline.answer.llm import LLM, Completion, TokenCallback
@@ -32,6 +32,19 @@ ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
 
 async def _to_thread(fn: Callable[[], Completion]) -> Completion:
     return await asyncio.to_thread(fn)
+
+
+def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str] | None:
+    """(message, param) for the first field of a chat request the embedded model cannot honour
+    (``rag``: a ``rag/`` collection answers, from its own prompt), or None."""
+    if body.get("tools") is not None:
+        return "the embedded model does not call tools; send tools to a gateway model", "tools"
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        return "the embedded model does not take a response_format other than text", "response_format"
+    if body.get("logprobs"):
+        return "the embedded model does not return logprobs", "logprobs"
+    return None
 
 
 class LocalDeployment:
@@ -69,7 +82,7 @@ class LocalDeployment:
 
     async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
         limit = min(self.timeouts.total, budget)
-        self._check_max_tokens(body)
+        self._check(body)
         try:
             with stop_when_abandoned() as on_token:  # a timeout or a cancel stops the generation
                 async with asyncio.timeout(limit):
@@ -96,7 +109,7 @@ class LocalDeployment:
         start = loop.time()
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
-        self._check_max_tokens(body)
+        self._check(body)
         bridge = TokenBridge(loop)
 
         async def run() -> Completion:
@@ -156,6 +169,16 @@ class LocalDeployment:
 
     def _budget(self, body: dict[str, Any]) -> int:
         return int(body.get("max_completion_tokens") or body.get("max_tokens") or self._max_tokens)
+
+    def _check(self, body: dict[str, Any]) -> None:
+        """A 400 for what the model cannot honour or hold (the gateway checked how fields combine)."""
+        refused = unsupported(body)
+        if refused is not None:
+            message, param = refused
+            raise UpstreamStatusError(
+                self._name, 400, {"message": message, "param": param, "code": "unsupported"}
+            )
+        self._check_max_tokens(body)
 
     def _check_max_tokens(self, body: dict[str, Any]) -> None:
         if self._n_ctx is not None and self._budget(body) > self._n_ctx:

@@ -28,10 +28,12 @@ from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, RaglineError
 from ragline.gateway import Router
+from ragline.gateway.local import unsupported
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
 from ragline.server.batching import DynamicBatcher
+from ragline.server.chat_checks import check_chat
 from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
@@ -148,7 +150,10 @@ class ChatService:
         Every model: messages per request and estimated prompt tokens (characters / 4). The
         embedded model and ``rag/`` collections also: ``max_tokens`` within the model's context
         (the RAG question's length and filters are checked with the question, ``_question``).
+        How OpenAI's fields combine (``chat_checks``), for every model; what the embedded model
+        cannot honour, for it and ``rag/`` collections.
         """
+        check_chat(req)
         limits = self._engine.settings.server
         if len(req.messages) > limits.max_messages:
             raise BadRequest(
@@ -168,6 +173,10 @@ class ChatService:
             )
         asked = req.max_completion_tokens or req.max_tokens
         if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
+            rag = req.rag is not None or req.model.startswith(RAG_PREFIX)
+            refused = unsupported(req.model_dump(include=_LOCAL_FIELDS, exclude_none=True), rag=rag)
+            if refused is not None:
+                raise BadRequest(refused[0], param=refused[1], code="unsupported")
             check_max_tokens(self._engine, req.model, asked)
         elif (group := self._engine.settings.gateway.models.get(req.model)) is not None:
             cap = group.max_tokens
@@ -348,6 +357,10 @@ class ChatService:
                 "choices": [],
                 "usage": _usage(prompt, completion),
             }
+
+
+#: The fields ``gateway.local.unsupported`` reads.
+_LOCAL_FIELDS = {"tools", "response_format", "logprobs"}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

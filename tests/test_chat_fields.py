@@ -1,0 +1,226 @@
+"""OpenAI's chat fields, each honoured or refused with a 400 naming it, never dropped: driven by
+the official openai SDK against one real `ragline serve` (the embedded model as ``local`` and
+as the gateway model ``embedded``; the gateway model ``echo`` on a fake upstream,
+tests/fault_upstream.py, which records the body it was sent)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from conftest import free_port, ragline_server
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+MSG = [{"role": "user", "content": "Say hi."}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+class Env:
+    def __init__(self, base: str, fault: str) -> None:
+        self.base = base
+        self.fault = fault
+
+    def stats(self, instance: str) -> dict[str, Any]:
+        got = httpx.get(self.fault + "/admin/stats").json().get(instance)
+        return dict(got or {"requests": 0, "last_body": None})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("chat-fields")
+    port = free_port()
+    fault = f"http://{HOST}:{port}"
+    config = {
+        "llm": {"n_parallel": 2, "max_tokens": 16, "threads": 1},
+        "gateway": {
+            "deployments": [
+                {"name": "echo", "base_url": f"{fault}/echo/v1", "model": "up-echo", "health_check": False},
+                {"name": "emb", "kind": "local", "model": "embedded-local"},
+            ],
+            "models": {"echo": {"deployments": ["echo"]}, "embedded": {"deployments": ["emb"]}},
+        },
+    }
+    (tmp / "ragline.yaml").write_text(yaml.safe_dump(config))
+    log = (tmp / "fault.log").open("w")
+    upstream = subprocess.Popen(
+        [sys.executable, str(HERE / "fault_upstream.py"), "--port", str(port)], stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(fault + "/admin/stats", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or upstream.poll() is not None:
+                    pytest.fail("the fake upstream did not start")
+                time.sleep(0.1)
+        with ragline_server(tmp / "data", {"RAGLINE_CONFIG": str(tmp / "ragline.yaml")}) as base:
+            yield Env(base, fault)
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def client(env: Env) -> openai.OpenAI:
+    return openai.OpenAI(base_url=env.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _refused(call: Callable[[], Any], param: str) -> openai.BadRequestError:
+    with pytest.raises(openai.BadRequestError) as e:
+        out = call()
+        list(out)  # a stream: its 400 comes before the first chunk
+    body = e.value.body
+    assert isinstance(body, dict) and body.get("param") == param, body
+    assert body.get("type") == "invalid_request_error" and body.get("message")
+    return e.value
+
+
+# -- validation in one place: every model, streamed or not -----------------------------------------
+
+BAD: list[tuple[str, dict[str, Any]]] = [
+    ("tool_choice", {"tool_choice": "auto"}),
+    ("tool_choice", {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+    ("tool_choice", {"tools": TOOLS, "tool_choice": "sometimes"}),
+    ("tools", {"tools": []}),
+    ("tools[0]", {"tools": [{"type": "function", "function": {}}]}),
+    (
+        "response_format.json_schema.schema",
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+    ),
+    (
+        "response_format.json_schema.schema",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "bogus"}},
+            }
+        },
+    ),
+    (
+        "response_format.json_schema.schema",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": 3}}},
+            }
+        },
+    ),
+    ("response_format.type", {"response_format": {"type": "yaml"}}),
+    ("top_logprobs", {"logprobs": True, "top_logprobs": 30}),
+    ("top_logprobs", {"logprobs": True, "top_logprobs": -1}),
+    ("top_logprobs", {"top_logprobs": 2}),
+]
+
+
+@pytest.mark.parametrize("model", ["local", "echo", "embedded", "rag/none"])
+@pytest.mark.parametrize(("param", "fields"), BAD)
+@pytest.mark.parametrize("stream", [False, True])
+def test_inconsistent_fields_are_400_naming_the_field(
+    env: Env, client: openai.OpenAI, model: str, param: str, fields: dict[str, Any], stream: bool
+) -> None:
+    before = env.stats("echo")["requests"]
+    _refused(
+        lambda: client.chat.completions.create(model=model, messages=MSG, stream=stream, extra_body=fields),  # type: ignore[call-overload]
+        param,
+    )
+    assert env.stats("echo")["requests"] == before  # refused before any upstream saw it
+
+
+@pytest.mark.parametrize("model", ["local", "echo", "embedded"])
+def test_stream_options_without_stream_is_400(env: Env, client: openai.OpenAI, model: str) -> None:
+    _refused(
+        lambda: client.chat.completions.create(
+            model=model, messages=MSG, stream_options={"include_usage": True}
+        ),  # type: ignore[call-overload]
+        "stream_options",
+    )
+    _refused(
+        lambda: client.completions.create(model="local", prompt="Hi", stream_options={"include_usage": True}),
+        "stream_options",
+    )
+
+
+def test_fast_path_requests_are_validated_too(env: Env) -> None:
+    """A raw JSON body for a gateway model (the fast path's) gets the same 400."""
+    r = httpx.post(
+        env.base + "/v1/chat/completions",
+        json={"model": "echo", "messages": MSG, "tool_choice": "auto"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice", r.text
+
+
+# -- gateway models: the fields go to the upstream unchanged -----------------------------------------
+
+
+def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai.OpenAI) -> None:
+    fields: dict[str, Any] = {
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "weather"}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "p", "schema": SCHEMA, "strict": True},
+        },
+        "logprobs": True,
+        "top_logprobs": 2,
+        "seed": 3,
+        "parallel_tool_calls": False,
+    }
+    r = client.chat.completions.create(model="echo", messages=MSG, extra_body=fields)  # type: ignore[call-overload]
+    assert r.choices[0].message.content == "hello from echo"
+    assert env.stats("echo")["last_body"] == {"model": "up-echo", "messages": MSG, **fields}
+    chunks = list(
+        client.chat.completions.create(  # type: ignore[call-overload]
+            model="echo", messages=MSG, stream=True, stream_options={"include_usage": True}, extra_body=fields
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    sent = env.stats("echo")["last_body"]
+    assert sent == {
+        "model": "up-echo",
+        "messages": MSG,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **fields,
+    }
+
+
+# -- the embedded model: what it cannot honour is refused, naming the field ------------------------
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedded_model_refuses_tools(client: openai.OpenAI, model: str, stream: bool) -> None:
+    for choice in ("auto", "none", "required", {"type": "function", "function": {"name": "weather"}}):
+        _refused(
+            lambda c=choice: client.chat.completions.create(  # type: ignore[call-overload]
+                model=model, messages=MSG, stream=stream, tools=TOOLS, tool_choice=c
+            ),
+            "tools",
+        )
