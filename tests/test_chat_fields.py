@@ -5,6 +5,7 @@ tests/fault_upstream.py, which records the body it was sent)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -36,6 +37,16 @@ TOOLS = [
     }
 ]
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+PERSON = [{"role": "user", "content": "Give a person with a name and an age as JSON."}]
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
 
 
 class Env:
@@ -209,6 +220,75 @@ def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai
         "stream_options": {"include_usage": True},
         **fields,
     }
+
+
+# -- the embedded model: response_format through llama.cpp's grammar --------------------------------
+
+
+def _text(client: openai.OpenAI, model: str, stream: bool, **kw: Any) -> tuple[str, str | None]:
+    """The answer's text and finish_reason, streamed (the deltas joined) or not."""
+    if not stream:
+        r = client.chat.completions.create(model=model, stream=False, **kw)
+        return r.choices[0].message.content or "", r.choices[0].finish_reason
+    chunks = list(client.chat.completions.create(model=model, stream=True, **kw))
+    finish = next(
+        (c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason), None
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), finish
+
+
+def _is_person(value: Any) -> bool:
+    """PERSON_SCHEMA, checked by hand (no JSON Schema library among the dependencies)."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"name", "age"}
+        and isinstance(value["name"], str)
+        and len(value["name"]) <= 20
+        and type(value["age"]) is int
+        and 0 <= value["age"] <= 150
+    )
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedded_model_answers_json_for_a_schema(client: openai.OpenAI, model: str, stream: bool) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}}
+    text, finish = _text(
+        client, model, stream, messages=PERSON, max_tokens=80, temperature=0.8, seed=5, response_format=fmt
+    )
+    assert finish == "stop", text
+    assert _is_person(json.loads(text)), text
+    plain, _ = _text(client, model, stream, messages=PERSON, max_tokens=20, temperature=0.8, seed=5)
+    assert plain != text  # the grammar made the difference
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedded_model_answers_a_json_object(client: openai.OpenAI, model: str, stream: bool) -> None:
+    messages = [{"role": "user", "content": 'Answer with the JSON object {"ok": true} and nothing else.'}]
+    text, finish = _text(
+        client, model, stream, messages=messages, max_tokens=120, response_format={"type": "json_object"}
+    )
+    assert finish == "stop", text
+    assert isinstance(json.loads(text), dict), text
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+def test_a_schema_the_model_cannot_follow_is_400(client: openai.OpenAI, model: str) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}
+    _refused(
+        lambda: client.chat.completions.create(model=model, messages=MSG, response_format=fmt),
+        "response_format",
+    )  # type: ignore[arg-type]
+
+
+def test_rag_answers_refuse_a_json_response_format(client: openai.OpenAI) -> None:
+    _refused(
+        lambda: client.chat.completions.create(
+            model="local", messages=MSG, response_format={"type": "json_object"}, extra_body={"rag": {}}
+        ),
+        "response_format",
+    )
 
 
 # -- the embedded model: what it cannot honour is refused, naming the field ------------------------

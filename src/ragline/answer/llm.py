@@ -9,7 +9,7 @@ model instead of queueing behind each other.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +45,11 @@ class LLM(Protocol):
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
-    ) -> Completion: ...
+        response_format: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        """A chat turn; ``response_format`` is OpenAI's (``json_object``, ``json_schema``: the
+        output is constrained to JSON, to the schema's JSON)."""
+        ...
 
     def complete(
         self,
@@ -116,9 +120,17 @@ class LlamaCppLLM:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> Completion:
         request = _sampling(max_tokens, temperature, top_p, stop, seed)
         request["messages"] = list(messages)
+        if response_format is not None and response_format.get("type") != "text":
+            # llama.cpp turns it into a grammar: sampling can only produce JSON (the schema's)
+            request["response_format"] = dict(response_format)
+            try:
+                return self._generate(self._server.handle_chat_completions, request, on_token, chat=True)
+            except InvalidRequest as e:
+                raise InvalidRequest(str(e), param="response_format") from e
         return self._generate(self._server.handle_chat_completions, request, on_token, chat=True)
 
     def complete(

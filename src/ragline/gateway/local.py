@@ -22,7 +22,7 @@ from typing import Any
 
 from ragline.answer.llm import LLM, Completion, TokenCallback
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
-from ragline.errors import RaglineError
+from ragline.errors import ContextLengthExceeded, InvalidRequest, RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
 
@@ -40,8 +40,8 @@ def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str
     if body.get("tools") is not None:
         return "the embedded model does not call tools; send tools to a gateway model", "tools"
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        return "the embedded model does not take a response_format other than text", "response_format"
+    if rag and isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        return "rag/ answers are text with citations: response_format must be text", "response_format"
     if body.get("logprobs"):
         return "the embedded model does not return logprobs", "logprobs"
     return None
@@ -207,7 +207,12 @@ class LocalDeployment:
                 stop=[stop] if isinstance(stop, str) else stop,
                 seed=body.get("seed"),
                 on_token=on_token,
+                response_format=body.get("response_format"),
             )
+        except InvalidRequest as e:
+            code = "context_length_exceeded" if isinstance(e, ContextLengthExceeded) else None
+            detail = {"message": str(e), "param": e.param, "code": code}
+            raise UpstreamStatusError(self._name, 400, detail) from e
         except RaglineError as e:
             msg = str(e)
             status = 400 if "context" in msg.lower() or "exceed" in msg.lower() else 500

@@ -427,7 +427,9 @@ def _ragline_error(e: RaglineError) -> JSONResponse:
         return _error(404, message, "not_found_error")
     if isinstance(e, ContextLengthExceeded):
         return _error(400, message, "invalid_request_error", code="context_length_exceeded")
-    if isinstance(e, InvalidFilter | ConfigError | InvalidRequest):
+    if isinstance(e, InvalidRequest):
+        return _error(400, message, "invalid_request_error", e.param)
+    if isinstance(e, InvalidFilter | ConfigError):
         return _error(400, message, "invalid_request_error")
     if isinstance(e, CollectionBusy):
         return _error(409, message, "invalid_request_error", code="collection_busy")

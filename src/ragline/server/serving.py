@@ -26,7 +26,7 @@ import orjson
 from ragline.answer.llm import Completion
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
-from ragline.errors import CollectionNotFound, RaglineError
+from ragline.errors import CollectionNotFound, InvalidRequest, RaglineError
 from ragline.gateway import Router
 from ragline.gateway.local import unsupported
 from ragline.gateway.rules import CHARS_PER_TOKEN
@@ -85,6 +85,8 @@ def check_query(engine: Engine, query: str, param: str) -> None:
 
 def _map_llm_error(e: RaglineError) -> Exception:
     msg = str(e)
+    if isinstance(e, InvalidRequest) and e.param is not None:
+        return BadRequest(msg, param=e.param)
     if "context" in msg.lower() or "exceed" in msg.lower():
         return ContextTooLong(msg)
     return e
@@ -236,6 +238,7 @@ class ChatService:
                     stop=req.stop_list(),
                     seed=req.seed,
                     on_token=on_token,
+                    response_format=req.response_format,
                 )
         except RaglineError as e:
             raise _map_llm_error(e) from e
