@@ -291,6 +291,53 @@ def test_rag_answers_refuse_a_json_response_format(client: openai.OpenAI) -> Non
     )
 
 
+# -- the embedded model: logprobs -------------------------------------------------------------------
+
+
+def _check_logprobs(tokens: list[Any], text: str, top: int) -> None:
+    assert tokens and "".join(t.token for t in tokens) == text
+    for t in tokens:
+        assert t.logprob <= 0 and bytes(t.bytes or []).decode("utf-8", "replace")
+        assert len(t.top_logprobs) == top
+        assert all(a.logprob <= 0 for a in t.top_logprobs)
+        if top:  # the alternatives are the most likely first; the chosen token is one at temperature 0
+            assert [a.logprob for a in t.top_logprobs] == sorted(
+                (a.logprob for a in t.top_logprobs), reverse=True
+            )
+            assert t.token == t.top_logprobs[0].token
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("top", [0, 2, 20])
+def test_embedded_model_returns_logprobs(client: openai.OpenAI, model: str, top: int) -> None:
+    kw: dict[str, Any] = {
+        "messages": MSG,
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": top,
+    }
+    r = client.chat.completions.create(model=model, **kw)
+    choice = r.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    _check_logprobs(choice.logprobs.content, choice.message.content or "", top)
+    chunks = [c for c in client.chat.completions.create(model=model, stream=True, **kw) if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert text == choice.message.content
+    _check_logprobs(streamed, text, top)
+    # not asked: none sent
+    plain = client.chat.completions.create(model=model, messages=MSG, max_tokens=3)
+    assert plain.choices[0].logprobs is None
+
+
+def test_rag_answers_refuse_logprobs(client: openai.OpenAI) -> None:
+    _refused(
+        lambda: client.chat.completions.create(model="rag/none", messages=MSG, logprobs=True),
+        "logprobs",
+    )
+
+
 # -- the embedded model: what it cannot honour is refused, naming the field ------------------------
 
 

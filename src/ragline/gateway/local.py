@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
-from ragline.answer.llm import LLM, Completion, TokenCallback
+from ragline.answer.llm import LLM, Completion, Piece, TokenCallback
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.errors import ContextLengthExceeded, InvalidRequest, RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
@@ -42,8 +42,8 @@ def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str
     fmt = body.get("response_format")
     if rag and isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
         return "rag/ answers are text with citations: response_format must be text", "response_format"
-    if body.get("logprobs"):
-        return "the embedded model does not return logprobs", "logprobs"
+    if rag and body.get("logprobs"):
+        return "rag/ answers do not return logprobs", "logprobs"
     return None
 
 
@@ -98,6 +98,7 @@ class LocalDeployment:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": c.text},
+                    **({} if c.logprobs is None else {"logprobs": {"content": c.logprobs, "refusal": None}}),
                     "finish_reason": c.finish_reason,
                 }
             ],
@@ -143,7 +144,10 @@ class LocalDeployment:
                 if item is DONE:
                     break
                 started = True
-                yield chunk({"content": item})
+                out = chunk({"content": item})
+                if isinstance(item, Piece):
+                    out["choices"][0]["logprobs"] = {"content": item.logprobs, "refusal": None}
+                yield out
             result = await task
         finally:
             if not task.done():
@@ -208,6 +212,7 @@ class LocalDeployment:
                 seed=body.get("seed"),
                 on_token=on_token,
                 response_format=body.get("response_format"),
+                top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
             )
         except InvalidRequest as e:
             code = "context_length_exceeded" if isinstance(e, ContextLengthExceeded) else None

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ragline.answer.llm import Completion
+from ragline.answer.llm import Completion, Piece
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, InvalidRequest, RaglineError
@@ -217,6 +217,7 @@ class ChatService:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": completion.text},
+                    **_logprobs(completion.logprobs),
                     "finish_reason": completion.finish_reason,
                 }
             ],
@@ -239,6 +240,7 @@ class ChatService:
                     seed=req.seed,
                     on_token=on_token,
                     response_format=req.response_format,
+                    top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                 )
         except RaglineError as e:
             raise _map_llm_error(e) from e
@@ -327,13 +329,19 @@ class ChatService:
                 **extra,
             }
 
+        def piece(item: object) -> dict[str, Any]:
+            out = chunk({"content": item})
+            if isinstance(item, Piece):
+                out["choices"][0]["logprobs"] = {"content": item.logprobs, "refusal": None}
+            return out
+
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                yield chunk({"content": item})
+                yield piece(item)
             result = await task
         finally:
             if not task.done():
@@ -360,6 +368,11 @@ class ChatService:
                 "choices": [],
                 "usage": _usage(prompt, completion),
             }
+
+
+def _logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A choice's ``logprobs`` entry, when they were asked for."""
+    return {} if tokens is None else {"logprobs": {"content": tokens, "refusal": None}}
 
 
 #: The fields ``gateway.local.unsupported`` reads.
