@@ -121,6 +121,10 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("tools", {"tools": []}),
     ("tools[0]", {"tools": [{"type": "function", "function": {}}]}),
     (
+        "tools[0].function.parameters",
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}]},
+    ),
+    (
         "response_format.json_schema.schema",
         {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
     ),
@@ -338,16 +342,125 @@ def test_rag_answers_refuse_logprobs(client: openai.OpenAI) -> None:
     )
 
 
-# -- the embedded model: what it cannot honour is refused, naming the field ------------------------
+# -- the embedded model: tools through llama.cpp's grammar ---------------------------------------
+
+WEATHER = [{"role": "user", "content": "What is the weather in Oslo? Use the weather tool."}]
+NAMED = {"type": "function", "function": {"name": "weather"}}
+
+
+def _call(client: openai.OpenAI, model: str, stream: bool, **kw: Any) -> tuple[Any, str | None]:
+    """(message or the streamed deltas' tool calls joined, finish_reason)."""
+    if not stream:
+        r = client.chat.completions.create(model=model, **kw)
+        return r.choices[0].message, r.choices[0].finish_reason
+    chunks = [c for c in client.chat.completions.create(model=model, stream=True, **kw) if c.choices]
+    calls: dict[int, dict[str, str]] = {}
+    for c in chunks:
+        for t in c.choices[0].delta.tool_calls or []:
+            call = calls.setdefault(t.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += t.id or ""
+            call["name"] += (t.function.name if t.function else None) or ""
+            call["arguments"] += (t.function.arguments if t.function else None) or ""
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    finish = next((c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason), None)
+    return {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}, finish
+
+
+def _calls(message: Any) -> list[dict[str, str]]:
+    if isinstance(message, dict):
+        return list(message["tool_calls"])
+    return [
+        {"id": t.id, "name": t.function.name, "arguments": t.function.arguments}
+        for t in message.tool_calls or []
+    ]
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("choice", ["required", "named"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedded_model_calls_the_tool(client: openai.OpenAI, model: str, choice: str, stream: bool) -> None:
+    tool_choice = NAMED if choice == "named" else "required"
+    message, finish = _call(
+        client,
+        model,
+        stream,
+        messages=WEATHER,
+        tools=TOOLS,
+        tool_choice=tool_choice,
+        max_tokens=60,
+        temperature=0,
+    )
+    assert finish == "tool_calls", message
+    (call,) = _calls(message)
+    assert call["id"].startswith("call_") and call["name"] == "weather"
+    arguments = json.loads(call["arguments"])  # streamed: the fragments join to valid JSON
+    assert isinstance(arguments, dict) and isinstance(arguments["city"], str)
 
 
 @pytest.mark.parametrize("model", ["local", "embedded"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_embedded_model_refuses_tools(client: openai.OpenAI, model: str, stream: bool) -> None:
-    for choice in ("auto", "none", "required", {"type": "function", "function": {"name": "weather"}}):
-        _refused(
-            lambda c=choice: client.chat.completions.create(  # type: ignore[call-overload]
-                model=model, messages=MSG, stream=stream, tools=TOOLS, tool_choice=c
-            ),
-            "tools",
-        )
+def test_auto_none_and_the_next_turn(client: openai.OpenAI, model: str, stream: bool) -> None:
+    message, finish = _call(
+        client, model, stream, messages=WEATHER, tools=TOOLS, max_tokens=60, temperature=0
+    )
+    calls = _calls(message)
+    if calls:  # auto: a call or an answer, both well formed
+        assert finish == "tool_calls" and json.loads(calls[0]["arguments"])["city"]
+    else:
+        assert finish in ("stop", "length")
+    message, finish = _call(
+        client, model, stream, messages=WEATHER, tools=TOOLS, tool_choice="none", max_tokens=8
+    )
+    assert not _calls(message) and finish in ("stop", "length")
+    # the tool's result in the next turn
+    history = [
+        *WEATHER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Rain, 8 degrees."},
+    ]
+    message, finish = _call(
+        client, model, stream, messages=history, tools=TOOLS, max_tokens=60, temperature=0
+    )
+    assert finish in ("stop", "length", "tool_calls")
+    for call in _calls(message):
+        assert json.loads(call["arguments"])["city"]
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+def test_tools_with_a_json_format_or_logprobs_are_400(client: openai.OpenAI, model: str) -> None:
+    kw: dict[str, Any] = {"model": model, "messages": MSG, "tools": TOOLS}
+    _refused(
+        lambda: client.chat.completions.create(**kw, response_format={"type": "json_object"}),
+        "response_format",
+    )
+    _refused(lambda: client.chat.completions.create(**kw, logprobs=True), "logprobs")
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+def test_tool_parameters_the_model_cannot_follow_are_400(client: openai.OpenAI, model: str) -> None:
+    broken = [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}]
+    _refused(lambda: client.chat.completions.create(model=model, messages=MSG, tools=broken), "tools")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_seed_reproduces_a_sampled_answer(client: openai.OpenAI, model: str, stream: bool) -> None:
+    kw: dict[str, Any] = {"messages": MSG, "max_tokens": 12, "temperature": 1.0}
+    answers = [_text(client, model, stream, seed=11, **kw)[0] for _ in range(2)]
+    assert answers[0] == answers[1]
+    others = {_text(client, model, stream, seed=seed, **kw)[0] for seed in (1, 2, 3)}
+    assert len(others | {answers[0]}) > 1  # temperature 1 does sample: the seed is what repeats it
+
+
+def test_rag_answers_refuse_tools(client: openai.OpenAI) -> None:
+    _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, tools=TOOLS), "tools")  # type: ignore[arg-type]

@@ -3,8 +3,9 @@
 Every model call runs in a worker thread (``asyncio.to_thread`` unless the server hands in
 its bounded LLM thread pool; llama.cpp releases the GIL), never on the event loop.
 Streaming bridges the model's token callback to an asyncio queue. The model is taken from
-a factory on first use, so building the gateway does not load it. What the local model
-cannot honour is refused with a 400 naming the field (``unsupported``), never ignored.
+a factory on first use, so building the gateway does not load it. Tools are called through
+the grammar (``answer/tools.py``); what the local model cannot honour is refused with a 400
+naming the field (``unsupported``), never ignored.
 
 A generation nobody waits for any more (the client went away, a timeout fired) stops at its
 next token, streamed or not: the token callback tells llama.cpp to stop (``answer/tokens.py``).
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
+from ragline.answer import tools
 from ragline.answer.llm import LLM, Completion, Piece, TokenCallback
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.errors import ContextLengthExceeded, InvalidRequest, RaglineError
@@ -37,13 +39,22 @@ async def _to_thread(fn: Callable[[], Completion]) -> Completion:
 def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str] | None:
     """(message, param) for the first field of a chat request the embedded model cannot honour
     (``rag``: a ``rag/`` collection answers, from its own prompt), or None."""
-    if body.get("tools") is not None:
-        return "the embedded model does not call tools; send tools to a gateway model", "tools"
     fmt = body.get("response_format")
-    if rag and isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        return "rag/ answers are text with citations: response_format must be text", "response_format"
-    if rag and body.get("logprobs"):
-        return "rag/ answers do not return logprobs", "logprobs"
+    json_format = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
+    if rag:
+        if body.get("tools") is not None:
+            return "rag/ answers do not call tools", "tools"
+        if json_format:
+            return "rag/ answers are text with citations: response_format must be text", "response_format"
+        if body.get("logprobs"):
+            return "rag/ answers do not return logprobs", "logprobs"
+        return None
+    if body.get("tools") and body.get("tool_choice") != "none":
+        # a tool call is the grammar's JSON: neither another format nor its tokens' logprobs apply
+        if json_format:
+            return "the embedded model takes tools or a JSON response_format, not both", "response_format"
+        if body.get("logprobs"):
+            return "the embedded model returns no logprobs for a request with tools", "logprobs"
     return None
 
 
@@ -89,6 +100,11 @@ class LocalDeployment:
                     c = await self._run_in_thread(functools.partial(self._generate, body, on_token))
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        finish = c.finish_reason
+        if _calling(body) is not None:
+            reply = tools.read(c.text)
+            message, finish = reply.message(), tools.finish_reason(reply, finish)
         return {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -97,9 +113,9 @@ class LocalDeployment:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": message,
                     **({} if c.logprobs is None else {"logprobs": {"content": c.logprobs, "refusal": None}}),
-                    "finish_reason": c.finish_reason,
+                    "finish_reason": finish,
                 }
             ],
             "usage": _usage(c),
@@ -121,6 +137,7 @@ class LocalDeployment:
 
         task = asyncio.create_task(run())
         cid, created = _completion_id(), int(time.time())
+        calling = _calling(body) is not None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -144,6 +161,8 @@ class LocalDeployment:
                 if item is DONE:
                     break
                 started = True
+                if calling:  # a tool call is read from the whole answer, then streamed
+                    continue
                 out = chunk({"content": item})
                 if isinstance(item, Piece):
                     out["choices"][0]["logprobs"] = {"content": item.logprobs, "refusal": None}
@@ -153,7 +172,13 @@ class LocalDeployment:
             if not task.done():
                 bridge.cancel()  # timed out or the reader is gone: stop the generation
                 task.cancel()
-        yield chunk({}, result.finish_reason)
+        finish = result.finish_reason
+        if calling:
+            reply = tools.read(result.text)
+            for delta in tools.stream_deltas(reply):
+                yield chunk(delta)
+            finish = tools.finish_reason(reply, finish)
+        yield chunk({}, finish)
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
             yield {
@@ -196,10 +221,15 @@ class LocalDeployment:
 
     def _generate(self, body: dict[str, Any], on_token: TokenCallback | None) -> Completion:
         messages = [
-            {"role": "system" if m.get("role") == "developer" else str(m.get("role")), "content": _text(m)}
+            tools.render(str(m.get("role")), _text(m), m.get("tool_calls"))
             for m in body.get("messages") or ()
             if isinstance(m, dict)
         ]
+        response_format = body.get("response_format")
+        calling = _calling(body)
+        if calling is not None:
+            messages = tools.with_system(messages, calling.system)
+            response_format = calling.response_format
         stop = body.get("stop")
         temperature = body.get("temperature")
         try:
@@ -211,18 +241,23 @@ class LocalDeployment:
                 stop=[stop] if isinstance(stop, str) else stop,
                 seed=body.get("seed"),
                 on_token=on_token,
-                response_format=body.get("response_format"),
+                response_format=response_format,
                 top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
             )
         except InvalidRequest as e:
             code = "context_length_exceeded" if isinstance(e, ContextLengthExceeded) else None
-            detail = {"message": str(e), "param": e.param, "code": code}
+            param = "tools" if calling is not None and e.param == "response_format" else e.param
+            detail = {"message": str(e), "param": param, "code": code}
             raise UpstreamStatusError(self._name, 400, detail) from e
         except RaglineError as e:
             msg = str(e)
             status = 400 if "context" in msg.lower() or "exceed" in msg.lower() else 500
             code = "context_length_exceeded" if status == 400 else None
             raise UpstreamStatusError(self._name, status, {"message": msg, "code": code}) from e
+
+
+def _calling(body: dict[str, Any]) -> tools.ToolCalling | None:
+    return tools.plan(body.get("tools"), body.get("tool_choice"))
 
 
 def _text(message: dict[str, Any]) -> str:

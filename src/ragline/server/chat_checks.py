@@ -4,7 +4,8 @@ Each field is honoured or refused with a 400 that names it (``param``), never dr
 and vLLM refuse these requests too, so a gateway upstream would, and the embedded model must.
 
 - ``tool_choice`` without ``tools``; a ``tool_choice`` naming a function ``tools`` lacks;
-  ``tools`` empty or not a list of ``{"type": "function", "function": {"name": ...}}``
+  ``tools`` empty or not a list of ``{"type": "function", "function": {"name": ...}}``, or
+  a function's ``parameters`` not a JSON Schema object
 - ``response_format`` other than ``text``, ``json_object`` or ``json_schema``; a ``json_schema``
   without a schema, or with one that is not a JSON Schema (a type that does not exist, ...)
 - ``top_logprobs`` without ``logprobs: true`` (its range, 0-20, is checked by the model)
@@ -59,6 +60,15 @@ def _check_tools(req: ChatCompletionRequest) -> None:
                     param=f"tools[{i}]",
                     code="invalid_value",
                 )
+            parameters = function.get("parameters") if isinstance(function, dict) else None
+            if parameters is not None:
+                problem = schema_problem(parameters)
+                if problem is not None or not isinstance(parameters, dict):
+                    raise BadRequest(
+                        f"tools[{i}].function.parameters is no JSON Schema object: {problem or 'a boolean'}",
+                        param=f"tools[{i}].function.parameters",
+                        code="invalid_value",
+                    )
             names.append(name)
     choice = req.tool_choice
     if choice is None:

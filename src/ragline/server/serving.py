@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ragline.answer import tools
 from ragline.answer.llm import Completion, Piece
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
@@ -208,6 +209,12 @@ class ChatService:
                 answer = await self._answer(req, collection, on_token)
                 return self._rag_response(req, answer)
             completion = await run_model(self._engine, self._chat, req, on_token)
+        if tools.plan(req.tools, req.tool_choice) is not None:
+            reply = tools.read(completion.text)
+            message, finish = reply.message(), tools.finish_reason(reply, completion.finish_reason)
+        else:
+            message = {"role": "assistant", "content": completion.text}
+            finish = completion.finish_reason
         return {
             "id": _chat_id(),
             "object": "chat.completion",
@@ -216,9 +223,9 @@ class ChatService:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
+                    "message": message,
                     **_logprobs(completion.logprobs),
-                    "finish_reason": completion.finish_reason,
+                    "finish_reason": finish,
                 }
             ],
             "usage": _usage(completion.prompt_tokens, completion.completion_tokens),
@@ -227,8 +234,13 @@ class ChatService:
     def _chat(self, req: ChatCompletionRequest, on_token: Any) -> Completion:
         cfg = self._engine.settings.llm
         messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+            tools.render(m.role, m.text(), (m.model_extra or {}).get("tool_calls")) for m in req.messages
         ]
+        response_format = req.response_format
+        calling = tools.plan(req.tools, req.tool_choice)
+        if calling is not None:
+            messages = tools.with_system(messages, calling.system)
+            response_format = calling.response_format
         try:
             with upstream("local"):
                 return self._engine.llm.chat(
@@ -239,9 +251,13 @@ class ChatService:
                     stop=req.stop_list(),
                     seed=req.seed,
                     on_token=on_token,
-                    response_format=req.response_format,
+                    response_format=response_format,
                     top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                 )
+        except InvalidRequest as e:
+            if calling is not None and e.param == "response_format":  # the tools' grammar
+                raise BadRequest(str(e), param="tools") from e
+            raise _map_llm_error(e) from e
         except RaglineError as e:
             raise _map_llm_error(e) from e
 
@@ -318,6 +334,7 @@ class ChatService:
 
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
+        calling = collection is None and tools.plan(req.tools, req.tool_choice) is not None
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             return {
@@ -341,7 +358,8 @@ class ChatService:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                yield piece(item)
+                if not calling:  # a tool call is read from the whole answer, then streamed
+                    yield piece(item)
             result = await task
         finally:
             if not task.done():
@@ -357,7 +375,13 @@ class ChatService:
             )
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
         else:
-            yield chunk({}, result.finish_reason)
+            finish = result.finish_reason
+            if calling:
+                reply = tools.read(result.text)
+                for delta in tools.stream_deltas(reply):
+                    yield chunk(delta)
+                finish = tools.finish_reason(reply, finish)
+            yield chunk({}, finish)
             prompt, completion = result.prompt_tokens, result.completion_tokens
         if req.stream_options and req.stream_options.include_usage:
             yield {
@@ -376,7 +400,7 @@ def _logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any]:
 
 
 #: The fields ``gateway.local.unsupported`` reads.
-_LOCAL_FIELDS = {"tools", "response_format", "logprobs"}
+_LOCAL_FIELDS = {"tools", "tool_choice", "response_format", "logprobs"}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
