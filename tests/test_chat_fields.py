@@ -226,6 +226,67 @@ def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai
     }
 
 
+def test_gateway_answers_come_back_unchanged(env: Env, client: openai.OpenAI) -> None:
+    """An upstream's tool calls and logprobs reach the client as the upstream sent them."""
+    token = {
+        "token": "{",
+        "logprob": -0.1,
+        "bytes": [123],
+        "top_logprobs": [{"token": "{", "logprob": -0.1, "bytes": [123]}],
+    }
+    call = {
+        "id": "call_9",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+    }
+    answer = {
+        "id": "chatcmpl-up",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up-echo",
+        "system_fingerprint": "fp_up",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "logprobs": {"content": [token], "refusal": None},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+    head = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "up-echo"}
+    chunks = [
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "tool_calls": [{"index": 0, **call}]},
+                    "logprobs": {"content": [token]},
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    httpx.post(
+        env.fault + "/admin/faults",
+        json={
+            "instance": "echo",
+            "faults": [{"mode": "reply", "answer": answer, "chunks": chunks, "count": 2}],
+        },
+    ).raise_for_status()
+    try:
+        kw: dict[str, Any] = {"messages": MSG, "tools": TOOLS, "logprobs": True, "top_logprobs": 1}
+        r = httpx.post(env.base + "/v1/chat/completions", json={"model": "echo", **kw}, timeout=30)
+        assert r.status_code == 200 and r.json() == answer, r.text
+        got = list(client.chat.completions.create(model="echo", stream=True, **kw))
+        assert [c.model_dump(exclude_unset=True) for c in got] == chunks
+    finally:
+        httpx.post(env.fault + "/admin/reset").raise_for_status()
+
+
 # -- the embedded model: response_format through llama.cpp's grammar --------------------------------
 
 
