@@ -226,6 +226,22 @@ def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai
     }
 
 
+def test_n_goes_to_gateway_upstreams_and_the_embedded_model_refuses_it(
+    env: Env, client: openai.OpenAI
+) -> None:
+    client.chat.completions.create(model="echo", messages=MSG, n=3)  # type: ignore[arg-type]
+    assert env.stats("echo")["last_body"] == {"model": "up-echo", "messages": MSG, "n": 3}
+    _refused(lambda: client.chat.completions.create(model="echo", messages=MSG, n=129), "n")  # type: ignore[arg-type]
+    for model in ("local", "embedded", "rag/none"):
+        for stream in (False, True):
+            _refused(
+                lambda m=model, s=stream: client.chat.completions.create(
+                    model=m, messages=MSG, n=2, stream=s
+                ),  # type: ignore[call-overload]
+                "n",
+            )
+
+
 def test_gateway_answers_come_back_unchanged(env: Env, client: openai.OpenAI) -> None:
     """An upstream's tool calls and logprobs reach the client as the upstream sent them."""
     token = {

@@ -378,7 +378,7 @@ async def test_fast_path_answers_like_the_route(
     ("body", "status", "fragment"),
     [
         (b'{"model": "gw", "messages": []}', 400, "messages"),
-        (b'{"model": "gw", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n"),
+        (b'{"model": "gw", "messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n"),
         (b'{"model": "gw", "messages": [{"role": "user", "content": "x"}], "rag": {}}', 400, "rag"),
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, ""),

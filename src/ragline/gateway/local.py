@@ -39,6 +39,8 @@ async def _to_thread(fn: Callable[[], Completion]) -> Completion:
 def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str] | None:
     """(message, param) for the first field of a chat request the embedded model cannot honour
     (``rag``: a ``rag/`` collection answers, from its own prompt), or None."""
+    if body.get("n") not in (None, 1):
+        return "the embedded model answers one choice per request (n=1)", "n"
     fmt = body.get("response_format")
     json_format = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
     if rag:

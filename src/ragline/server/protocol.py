@@ -110,7 +110,8 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    n: int = Field(1, ge=1)
+    #: Choices per request (OpenAI's limit); the embedded model answers one (``gateway/local.py``).
+    n: int = Field(1, ge=1, le=128)
     #: ``{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", ...}}``
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
@@ -127,13 +128,6 @@ class ChatCompletionRequest(_GenerationRequest):
         if problem is not None:
             raise ValueError(problem)
         return self
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default

@@ -400,7 +400,7 @@ def _logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any]:
 
 
 #: The fields ``gateway.local.unsupported`` reads.
-_LOCAL_FIELDS = {"tools", "tool_choice", "response_format", "logprobs"}
+_LOCAL_FIELDS = {"n", "tools", "tool_choice", "response_format", "logprobs"}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
