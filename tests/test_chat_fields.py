@@ -226,20 +226,10 @@ def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai
     }
 
 
-def test_n_goes_to_gateway_upstreams_and_the_embedded_model_refuses_it(
-    env: Env, client: openai.OpenAI
-) -> None:
+def test_n_goes_to_gateway_upstreams(env: Env, client: openai.OpenAI) -> None:
     client.chat.completions.create(model="echo", messages=MSG, n=3)  # type: ignore[arg-type]
     assert env.stats("echo")["last_body"] == {"model": "up-echo", "messages": MSG, "n": 3}
     _refused(lambda: client.chat.completions.create(model="echo", messages=MSG, n=129), "n")  # type: ignore[arg-type]
-    for model in ("local", "embedded", "rag/none"):
-        for stream in (False, True):
-            _refused(
-                lambda m=model, s=stream: client.chat.completions.create(
-                    model=m, messages=MSG, n=2, stream=s
-                ),  # type: ignore[call-overload]
-                "n",
-            )
 
 
 def test_gateway_answers_come_back_unchanged(env: Env, client: openai.OpenAI) -> None:
@@ -537,6 +527,28 @@ def test_seed_reproduces_a_sampled_answer(client: openai.OpenAI, model: str, str
     assert answers[0] == answers[1]
     others = {_text(client, model, stream, seed=seed, **kw)[0] for seed in (1, 2, 3)}
     assert len(others | {answers[0]}) > 1  # temperature 1 does sample: the seed is what repeats it
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+def test_embedded_model_answers_n_choices(client: openai.OpenAI, model: str) -> None:
+    kw: dict[str, Any] = {"messages": MSG, "max_tokens": 12, "temperature": 1.0, "seed": 21, "n": 2}
+    r = client.chat.completions.create(model=model, **kw)
+    assert [c.index for c in r.choices] == [0, 1] and all(c.message.content for c in r.choices)
+    assert r.choices[0].message.content != r.choices[1].message.content  # seed + i per choice
+    again = client.chat.completions.create(model=model, **kw)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+    assert r.usage is not None and r.usage.completion_tokens == sum(
+        client.chat.completions.create(model=model, **{**kw, "n": 1, "seed": 21 + i}).usage.completion_tokens  # type: ignore[union-attr]
+        for i in range(2)
+    )
+    tooled = client.chat.completions.create(
+        model=model, messages=WEATHER, tools=TOOLS, tool_choice=NAMED, n=2, max_tokens=60, temperature=0
+    )
+    assert [c.finish_reason for c in tooled.choices] == ["tool_calls", "tool_calls"]
+    # streamed, or more choices than the model's slots (llm.n_parallel=2), or rag/: refused naming n
+    _refused(lambda: client.chat.completions.create(model=model, stream=True, **kw), "n")
+    _refused(lambda: client.chat.completions.create(model=model, **{**kw, "n": 3}), "n")
+    _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, n=2), "n")  # type: ignore[arg-type]
 
 
 def test_rag_answers_refuse_tools(client: openai.OpenAI) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ragline.answer import tools
@@ -28,6 +28,8 @@ from ragline.errors import ContextLengthExceeded, InvalidRequest, RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
 
+#: The largest seed llama.cpp takes (a 64-bit unsigned integer).
+SEED_MAX = 2**64 - 1
 #: Runs a blocking model call in a worker thread (the server passes its bounded LLM pool).
 ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
 
@@ -36,11 +38,21 @@ async def _to_thread(fn: Callable[[], Completion]) -> Completion:
     return await asyncio.to_thread(fn)
 
 
-def unsupported(body: Mapping[str, Any], *, rag: bool = False) -> tuple[str, str] | None:
+def unsupported(body: Mapping[str, Any], *, rag: bool = False, n_parallel: int = 1) -> tuple[str, str] | None:
     """(message, param) for the first field of a chat request the embedded model cannot honour
-    (``rag``: a ``rag/`` collection answers, from its own prompt), or None."""
-    if body.get("n") not in (None, 1):
-        return "the embedded model answers one choice per request (n=1)", "n"
+    (``rag``: a ``rag/`` collection answers, from its own prompt; ``n_parallel``: the model's
+    slots, ``llm.n_parallel``), or None."""
+    n = body.get("n") or 1
+    if n != 1:
+        if rag:
+            return "rag/ answers have one choice (n=1)", "n"
+        if body.get("stream"):
+            return "the embedded model streams one choice (n=1); ask for n > 1 without stream", "n"
+        if n > n_parallel:
+            return (
+                f"n={n} choices: the embedded model generates at most {n_parallel} at once (llm.n_parallel)",
+                "n",
+            )
     fmt = body.get("response_format")
     json_format = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
     if rag:
@@ -74,8 +86,11 @@ class LocalDeployment:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         run_in_thread: ThreadRunner | None = None,
         n_ctx: int | None = None,
+        n_parallel: int = 1,
     ) -> None:
         self._name = name
+        #: The model's slots: the most choices (``n``) one request may ask.
+        self._n_parallel = n_parallel
         #: The model's context (tokens per slot): the largest ``max_tokens`` a request may ask.
         self._n_ctx = n_ctx
         self._run_in_thread = run_in_thread or _to_thread
@@ -99,28 +114,22 @@ class LocalDeployment:
         try:
             with stop_when_abandoned() as on_token:  # a timeout or a cancel stops the generation
                 async with asyncio.timeout(limit):
-                    c = await self._run_in_thread(functools.partial(self._generate, body, on_token))
+                    # n choices are n generations at once, on n of the model's slots
+                    runs = [
+                        self._run_in_thread(functools.partial(self._generate, body, on_token, i))
+                        for i in range(int(body.get("n") or 1))
+                    ]
+                    cs = await asyncio.gather(*runs)
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
-        message: dict[str, Any] = {"role": "assistant", "content": c.text}
-        finish = c.finish_reason
-        if _calling(body) is not None:
-            reply = tools.read(c.text)
-            message, finish = reply.message(), tools.finish_reason(reply, finish)
+        calling = _calling(body) is not None
         return {
             "id": _completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self._model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    **({} if c.logprobs is None else {"logprobs": {"content": c.logprobs, "refusal": None}}),
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": _usage(c),
+            "choices": [chat_choice(i, c, calling) for i, c in enumerate(cs)],
+            "usage": choices_usage(cs),
         }
 
     async def stream(self, body: dict[str, Any], *, budget: float) -> AsyncGenerator[dict[str, Any], None]:
@@ -203,7 +212,7 @@ class LocalDeployment:
 
     def _check(self, body: dict[str, Any]) -> None:
         """A 400 for what the model cannot honour or hold (the gateway checked how fields combine)."""
-        refused = unsupported(body)
+        refused = unsupported(body, n_parallel=self._n_parallel)
         if refused is not None:
             message, param = refused
             raise UpstreamStatusError(
@@ -221,7 +230,7 @@ class LocalDeployment:
                 self._name, 400, {"message": message, "param": "max_tokens", "code": "max_tokens_too_large"}
             )
 
-    def _generate(self, body: dict[str, Any], on_token: TokenCallback | None) -> Completion:
+    def _generate(self, body: dict[str, Any], on_token: TokenCallback | None, choice: int = 0) -> Completion:
         messages = [
             tools.render(str(m.get("role")), _text(m), m.get("tool_calls"))
             for m in body.get("messages") or ()
@@ -241,7 +250,7 @@ class LocalDeployment:
                 temperature=self._temperature if temperature is None else float(temperature),
                 top_p=body.get("top_p"),
                 stop=[stop] if isinstance(stop, str) else stop,
-                seed=body.get("seed"),
+                seed=choice_seed(body.get("seed"), choice),
                 on_token=on_token,
                 response_format=response_format,
                 top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
@@ -256,6 +265,35 @@ class LocalDeployment:
             status = 400 if "context" in msg.lower() or "exceed" in msg.lower() else 500
             code = "context_length_exceeded" if status == 400 else None
             raise UpstreamStatusError(self._name, status, {"message": msg, "code": code}) from e
+
+
+def chat_choice(index: int, c: Completion, tool_calling: bool) -> dict[str, Any]:
+    """One choice of a chat.completion: the text, or the tool calls read from it; logprobs if asked."""
+    message: dict[str, Any] = {"role": "assistant", "content": c.text}
+    finish = c.finish_reason
+    if tool_calling:
+        reply = tools.read(c.text)
+        message, finish = reply.message(), tools.finish_reason(reply, finish)
+    out: dict[str, Any] = {"index": index, "message": message}
+    if c.logprobs is not None:
+        out["logprobs"] = {"content": c.logprobs, "refusal": None}
+    out["finish_reason"] = finish
+    return out
+
+
+def choices_usage(cs: Sequence[Completion]) -> dict[str, int]:
+    """The usage of n choices of one prompt: the prompt once (OpenAI's count), every choice's tokens."""
+    prompt = cs[0].prompt_tokens
+    completion = sum(c.completion_tokens for c in cs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def choice_seed(seed: Any, choice: int) -> Any:
+    """Choice i of a seeded request samples with seed + i: the choices differ, the request repeats.
+    (-1 is llama.cpp's "random": kept.)"""
+    if not isinstance(seed, int) or seed == -1 or choice == 0:
+        return seed
+    return seed + choice if seed + choice <= SEED_MAX else seed - choice
 
 
 def _calling(body: dict[str, Any]) -> tools.ToolCalling | None:

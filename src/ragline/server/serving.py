@@ -29,7 +29,7 @@ from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, InvalidRequest, RaglineError
 from ragline.gateway import Router
-from ragline.gateway.local import unsupported
+from ragline.gateway.local import chat_choice, choice_seed, choices_usage, unsupported
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
@@ -177,7 +177,8 @@ class ChatService:
         asked = req.max_completion_tokens or req.max_tokens
         if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
             rag = req.rag is not None or req.model.startswith(RAG_PREFIX)
-            refused = unsupported(req.model_dump(include=_LOCAL_FIELDS, exclude_none=True), rag=rag)
+            fields = req.model_dump(include=_LOCAL_FIELDS, exclude_none=True)
+            refused = unsupported(fields, rag=rag, n_parallel=self._engine.settings.llm.n_parallel)
             if refused is not None:
                 raise BadRequest(refused[0], param=refused[1], code="unsupported")
             check_max_tokens(self._engine, req.model, asked)
@@ -208,30 +209,20 @@ class ChatService:
             if collection is not None:
                 answer = await self._answer(req, collection, on_token)
                 return self._rag_response(req, answer)
-            completion = await run_model(self._engine, self._chat, req, on_token)
-        if tools.plan(req.tools, req.tool_choice) is not None:
-            reply = tools.read(completion.text)
-            message, finish = reply.message(), tools.finish_reason(reply, completion.finish_reason)
-        else:
-            message = {"role": "assistant", "content": completion.text}
-            finish = completion.finish_reason
+            # n choices are n generations at once, on n of the model's slots
+            runs = [run_model(self._engine, self._chat, req, on_token, i) for i in range(req.n)]
+            completions = await asyncio.gather(*runs)
+        calling = tools.plan(req.tools, req.tool_choice) is not None
         return {
             "id": _chat_id(),
             "object": "chat.completion",
             "created": _now(),
             "model": req.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    **_logprobs(completion.logprobs),
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": _usage(completion.prompt_tokens, completion.completion_tokens),
+            "choices": [chat_choice(i, c, calling) for i, c in enumerate(completions)],
+            "usage": choices_usage(completions),
         }
 
-    def _chat(self, req: ChatCompletionRequest, on_token: Any) -> Completion:
+    def _chat(self, req: ChatCompletionRequest, on_token: Any, choice: int = 0) -> Completion:
         cfg = self._engine.settings.llm
         messages = [
             tools.render(m.role, m.text(), (m.model_extra or {}).get("tool_calls")) for m in req.messages
@@ -249,7 +240,7 @@ class ChatService:
                     temperature=cfg.temperature if req.temperature is None else req.temperature,
                     top_p=req.top_p,
                     stop=req.stop_list(),
-                    seed=req.seed,
+                    seed=choice_seed(req.seed, choice),
                     on_token=on_token,
                     response_format=response_format,
                     top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
@@ -394,13 +385,8 @@ class ChatService:
             }
 
 
-def _logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A choice's ``logprobs`` entry, when they were asked for."""
-    return {} if tokens is None else {"logprobs": {"content": tokens, "refusal": None}}
-
-
 #: The fields ``gateway.local.unsupported`` reads.
-_LOCAL_FIELDS = {"n", "tools", "tool_choice", "response_format", "logprobs"}
+_LOCAL_FIELDS = {"n", "stream", "tools", "tool_choice", "response_format", "logprobs"}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
