@@ -17,7 +17,9 @@ Behaviour is set per instance through the admin API (JSON bodies):
   ``stall``: sleep ``delay`` s before the first byte of a non-stream answer / the first
   event of a stream (headers already sent);
   ``reset``: stream ``after`` token chunks, then drop the connection mid-body;
-  ``die``: SIGKILL this whole process while the request is open.
+  ``die``: SIGKILL this whole process while the request is open;
+  ``reply``: answer ``answer`` (a JSON body) as it is, or stream ``chunks`` (each one event) then
+  ``[DONE]``.
 - ``POST /admin/health {"instance": "a", "ok": false}``: /models answers 503 while false.
 - ``GET /admin/stats``: per instance ``requests`` (chat calls), ``completed``,
   ``cancelled`` (the client went away mid-stream), ``probes``, ``last_body``.
@@ -97,6 +99,12 @@ async def chat(request: Request) -> Response:
         status = int(fault.get("status", 500))
         headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else None
         return _error(status, f"injected {status} from {instance}", headers)
+    if mode == "reply":
+        stats["completed"] += 1
+        if not body.get("stream"):
+            return JSONResponse(fault["answer"])
+        events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in fault["chunks"]]
+        return Response(b"".join(events) + b"data: [DONE]\n\n", media_type="text/event-stream")
     text = f"hello from {instance}"
     model = body.get("model", "")
     if not body.get("stream"):

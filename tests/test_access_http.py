@@ -523,6 +523,18 @@ def test_a_budgeted_request_without_max_tokens_is_capped(svc: Svc) -> None:
     assert sent["max_tokens"] == 4096  # spend.assumed_max_tokens: it cannot cost more than reserved
 
 
+def test_a_budget_reserves_every_choice_of_a_request(svc: Svc) -> None:
+    svc.tenant("choices")
+    # $0.006: 6 completion tokens at $1000/M; n=3 choices of up to 3 tokens could cost 9
+    key = svc.key("choices", budget_usd="0.006", period="total")
+    body = {"model": "gw", "messages": MSG, "max_tokens": 3}
+    r = svc.call("POST", "/v1/chat/completions", key, json={**body, "n": 3})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+    r = svc.call("POST", "/v1/chat/completions", key, json={**body, "n": 2})
+    assert r.status_code == 200, r.text
+    assert httpx.get(svc.upstream + "/admin/stats").json()["slow"]["last_body"]["n"] == 2
+
+
 # -- open mode and exposure -------------------------------------------------------------------------
 
 

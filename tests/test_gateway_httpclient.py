@@ -357,7 +357,8 @@ async def test_fast_path_answers_like_the_route(
     served: tuple[httpx.AsyncClient, list[dict[str, Any]]],
 ) -> None:
     client, seen = served
-    body = {"model": "gw", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    body = {"model": "gw", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
     r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "up-model" and r.headers["content-type"] == "application/json"
@@ -377,7 +378,7 @@ async def test_fast_path_answers_like_the_route(
     ("body", "status", "fragment"),
     [
         (b'{"model": "gw", "messages": []}', 400, "messages"),
-        (b'{"model": "gw", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n"),
+        (b'{"model": "gw", "messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n"),
         (b'{"model": "gw", "messages": [{"role": "user", "content": "x"}], "rag": {}}', 400, "rag"),
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, ""),

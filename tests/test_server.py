@@ -172,7 +172,8 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
         (json.dumps({"model": "local"}).encode(), 400, "messages"),
         (json.dumps({"model": "local", "messages": "hi"}).encode(), 400, "messages"),
         (
-            json.dumps({"model": "local", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(),
+            # more choices than the model's slots (llm.n_parallel=2)
+            json.dumps({"model": "local", "messages": [{"role": "user", "content": "x"}], "n": 3}).encode(),
             400,
             "n",
         ),

@@ -34,7 +34,12 @@ class ModelLoadError(RaglineError):
 
 
 class InvalidRequest(RaglineError):
-    """A model refused the parameters of a request (the caller's fault, not the server's)."""
+    """A model refused the parameters of a request (the caller's fault, not the server's);
+    ``param`` names the request field when one is to blame."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContextLengthExceeded(InvalidRequest):

@@ -9,8 +9,8 @@ model instead of queueing behind each other.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,12 +23,28 @@ TokenCallback = Callable[[str], bool | None]
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+#: One generated token in OpenAI's ``logprobs.content`` shape: token, logprob, bytes, top_logprobs.
+TokenLogprob = dict[str, Any]
+
+
+class Piece(str):
+    """A generated piece of text, with its tokens' logprobs when they were asked for.
+
+    A ``str``, so a ``TokenCallback`` and every queue between a model thread and a stream carry
+    it unchanged; a stream reads ``logprobs`` off it for the chunk it sends.
+    """
+
+    logprobs: list[TokenLogprob]
+
+
 @dataclass(slots=True)
 class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    #: Per generated token (the tokens join to ``text``), when ``top_logprobs`` was asked; else None.
+    logprobs: list[TokenLogprob] | None = field(default=None)
 
 
 class LLM(Protocol):
@@ -45,7 +61,14 @@ class LLM(Protocol):
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
-    ) -> Completion: ...
+        response_format: Mapping[str, Any] | None = None,
+        top_logprobs: int | None = None,
+    ) -> Completion:
+        """A chat turn; ``response_format`` is OpenAI's (``json_object``, ``json_schema``: the
+        output is constrained to JSON, to the schema's JSON). ``top_logprobs`` (0-20) asks for
+        each token's logprob and that many alternatives (``Completion.logprobs``; streamed:
+        each ``Piece``'s); None asks for none."""
+        ...
 
     def complete(
         self,
@@ -116,9 +139,23 @@ class LlamaCppLLM:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
         request = _sampling(max_tokens, temperature, top_p, stop, seed)
         request["messages"] = list(messages)
+        if top_logprobs is not None:
+            request["logprobs"] = True
+            # llama.cpp reports no logprobs at all for 0 alternatives: ask for 1, send none
+            request["top_logprobs"] = max(1, top_logprobs)
+            request[_TOP] = top_logprobs
+        if response_format is not None and response_format.get("type") != "text":
+            # llama.cpp turns it into a grammar: sampling can only produce JSON (the schema's)
+            request["response_format"] = dict(response_format)
+            try:
+                return self._generate(self._server.handle_chat_completions, request, on_token, chat=True)
+            except InvalidRequest as e:
+                raise InvalidRequest(str(e), param="response_format") from e
         return self._generate(self._server.handle_chat_completions, request, on_token, chat=True)
 
     def complete(
@@ -145,6 +182,8 @@ class LlamaCppLLM:
         chat: bool,
     ) -> Completion:
         """One llama.cpp server call; chat and text completions differ only in where the text is."""
+        top: int = request.pop(_TOP, 0)
+        wants_logprobs = bool(request.get("logprobs"))
         if on_token is None:
             result = _call(handler, request)
             _raise_on_error(result)
@@ -155,10 +194,12 @@ class LlamaCppLLM:
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 finish_reason=str(choice.get("finish_reason") or "stop"),
+                logprobs=_logprobs(choice, top) if wants_logprobs else None,
             )
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         state: dict[str, Any] = {"finish": "stop", "prompt": 0, "completion": 0, "error": None}
 
         def callback(chunk: Any) -> bool:
@@ -170,6 +211,10 @@ class LlamaCppLLM:
                 return False
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta", {}).get("content") if chat else choice.get("text")
+                if wants_logprobs:
+                    delta = Piece(delta or "")
+                    delta.logprobs = _logprobs(choice, top)
+                    logprobs.extend(delta.logprobs)
                 if delta:
                     parts.append(delta)
                     state["completion"] += 1
@@ -193,7 +238,35 @@ class LlamaCppLLM:
             _raise_on_error(state["error"])
         if isinstance(result, dict):
             _raise_on_error(result)
-        return Completion("".join(parts), state["prompt"], state["completion"], state["finish"])
+        return Completion(
+            "".join(parts),
+            state["prompt"],
+            state["completion"],
+            state["finish"],
+            logprobs if wants_logprobs else None,
+        )
+
+
+#: The request's own number of alternatives, kept beside the one llama.cpp is asked for.
+_TOP = "_ragline_top_logprobs"
+
+
+def _logprobs(choice: Mapping[str, Any], top: int) -> list[TokenLogprob]:
+    """llama.cpp's ``logprobs.content`` in OpenAI's shape (without llama.cpp's token ids), with
+    ``top`` alternatives per token."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    return [
+        {
+            "token": t.get("token", ""),
+            "logprob": t.get("logprob", 0.0),
+            "bytes": t.get("bytes"),
+            "top_logprobs": [
+                {"token": a.get("token", ""), "logprob": a.get("logprob", 0.0), "bytes": a.get("bytes")}
+                for a in (t.get("top_logprobs") or ())[:top]
+            ],
+        }
+        for t in content
+    ]
 
 
 def _sampling(

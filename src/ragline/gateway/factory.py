@@ -121,6 +121,7 @@ def _deployment(
             timeouts=timeouts,
             run_in_thread=run_in_thread,
             n_ctx=llm.n_ctx,
+            n_parallel=llm.n_parallel,
         )
     assert d.base_url is not None and d.model is not None  # settings validation guarantees both
     return OpenAIDeployment(

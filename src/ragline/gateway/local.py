@@ -3,8 +3,9 @@
 Every model call runs in a worker thread (``asyncio.to_thread`` unless the server hands in
 its bounded LLM thread pool; llama.cpp releases the GIL), never on the event loop.
 Streaming bridges the model's token callback to an asyncio queue. The model is taken from
-a factory on first use, so building the gateway does not load it. What the local model
-cannot honour (tools, response_format, ...) is ignored.
+a factory on first use, so building the gateway does not load it. Tools are called through
+the grammar (``answer/tools.py``); what the local model cannot honour is refused with a 400
+naming the field (``unsupported``), never ignored.
 
 A generation nobody waits for any more (the client went away, a timeout fired) stops at its
 next token, streamed or not: the token callback tells llama.cpp to stop (``answer/tokens.py``).
@@ -17,21 +18,58 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ragline.answer.llm import LLM, Completion, TokenCallback
+from ragline.answer import tools
+from ragline.answer.llm import LLM, Completion, Piece, TokenCallback
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
-from ragline.errors import RaglineError
+from ragline.errors import ContextLengthExceeded, InvalidRequest, RaglineError
 from ragline.gateway.deployment import DEFAULT_TIMEOUTS, Timeouts
 from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
 
+#: The largest seed llama.cpp takes (a 64-bit unsigned integer).
+SEED_MAX = 2**64 - 1
 #: Runs a blocking model call in a worker thread (the server passes its bounded LLM pool).
 ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
 
 
 async def _to_thread(fn: Callable[[], Completion]) -> Completion:
     return await asyncio.to_thread(fn)
+
+
+def unsupported(body: Mapping[str, Any], *, rag: bool = False, n_parallel: int = 1) -> tuple[str, str] | None:
+    """(message, param) for the first field of a chat request the embedded model cannot honour
+    (``rag``: a ``rag/`` collection answers, from its own prompt; ``n_parallel``: the model's
+    slots, ``llm.n_parallel``), or None."""
+    n = body.get("n") or 1
+    if n != 1:
+        if rag:
+            return "rag/ answers have one choice (n=1)", "n"
+        if body.get("stream"):
+            return "the embedded model streams one choice (n=1); ask for n > 1 without stream", "n"
+        if n > n_parallel:
+            return (
+                f"n={n} choices: the embedded model generates at most {n_parallel} at once (llm.n_parallel)",
+                "n",
+            )
+    fmt = body.get("response_format")
+    json_format = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
+    if rag:
+        if body.get("tools") is not None:
+            return "rag/ answers do not call tools", "tools"
+        if json_format:
+            return "rag/ answers are text with citations: response_format must be text", "response_format"
+        if body.get("logprobs"):
+            return "rag/ answers do not return logprobs", "logprobs"
+        return None
+    if body.get("tools") and body.get("tool_choice") != "none":
+        # a tool call is the grammar's JSON: neither another format nor its tokens' logprobs apply
+        if json_format:
+            return "the embedded model takes tools or a JSON response_format, not both", "response_format"
+        if body.get("logprobs"):
+            return "the embedded model returns no logprobs for a request with tools", "logprobs"
+    return None
 
 
 class LocalDeployment:
@@ -48,8 +86,11 @@ class LocalDeployment:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         run_in_thread: ThreadRunner | None = None,
         n_ctx: int | None = None,
+        n_parallel: int = 1,
     ) -> None:
         self._name = name
+        #: The model's slots: the most choices (``n``) one request may ask.
+        self._n_parallel = n_parallel
         #: The model's context (tokens per slot): the largest ``max_tokens`` a request may ask.
         self._n_ctx = n_ctx
         self._run_in_thread = run_in_thread or _to_thread
@@ -69,26 +110,26 @@ class LocalDeployment:
 
     async def complete(self, body: dict[str, Any], *, budget: float) -> dict[str, Any]:
         limit = min(self.timeouts.total, budget)
-        self._check_max_tokens(body)
+        self._check(body)
         try:
             with stop_when_abandoned() as on_token:  # a timeout or a cancel stops the generation
                 async with asyncio.timeout(limit):
-                    c = await self._run_in_thread(functools.partial(self._generate, body, on_token))
+                    # n choices are n generations at once, on n of the model's slots
+                    runs = [
+                        self._run_in_thread(functools.partial(self._generate, body, on_token, i))
+                        for i in range(int(body.get("n") or 1))
+                    ]
+                    cs = await asyncio.gather(*runs)
         except TimeoutError as e:
             raise UpstreamTimeout(self._name, f"no answer within {limit:.2f} s") from e
+        calling = _calling(body) is not None
         return {
             "id": _completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self._model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
-                }
-            ],
-            "usage": _usage(c),
+            "choices": [chat_choice(i, c, calling) for i, c in enumerate(cs)],
+            "usage": choices_usage(cs),
         }
 
     async def stream(self, body: dict[str, Any], *, budget: float) -> AsyncGenerator[dict[str, Any], None]:
@@ -96,7 +137,7 @@ class LocalDeployment:
         start = loop.time()
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
-        self._check_max_tokens(body)
+        self._check(body)
         bridge = TokenBridge(loop)
 
         async def run() -> Completion:
@@ -107,6 +148,7 @@ class LocalDeployment:
 
         task = asyncio.create_task(run())
         cid, created = _completion_id(), int(time.time())
+        calling = _calling(body) is not None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -130,13 +172,24 @@ class LocalDeployment:
                 if item is DONE:
                     break
                 started = True
-                yield chunk({"content": item})
+                if calling:  # a tool call is read from the whole answer, then streamed
+                    continue
+                out = chunk({"content": item})
+                if isinstance(item, Piece):
+                    out["choices"][0]["logprobs"] = {"content": item.logprobs, "refusal": None}
+                yield out
             result = await task
         finally:
             if not task.done():
                 bridge.cancel()  # timed out or the reader is gone: stop the generation
                 task.cancel()
-        yield chunk({}, result.finish_reason)
+        finish = result.finish_reason
+        if calling:
+            reply = tools.read(result.text)
+            for delta in tools.stream_deltas(reply):
+                yield chunk(delta)
+            finish = tools.finish_reason(reply, finish)
+        yield chunk({}, finish)
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
             yield {
@@ -157,6 +210,16 @@ class LocalDeployment:
     def _budget(self, body: dict[str, Any]) -> int:
         return int(body.get("max_completion_tokens") or body.get("max_tokens") or self._max_tokens)
 
+    def _check(self, body: dict[str, Any]) -> None:
+        """A 400 for what the model cannot honour or hold (the gateway checked how fields combine)."""
+        refused = unsupported(body, n_parallel=self._n_parallel)
+        if refused is not None:
+            message, param = refused
+            raise UpstreamStatusError(
+                self._name, 400, {"message": message, "param": param, "code": "unsupported"}
+            )
+        self._check_max_tokens(body)
+
     def _check_max_tokens(self, body: dict[str, Any]) -> None:
         if self._n_ctx is not None and self._budget(body) > self._n_ctx:
             message = (
@@ -167,12 +230,17 @@ class LocalDeployment:
                 self._name, 400, {"message": message, "param": "max_tokens", "code": "max_tokens_too_large"}
             )
 
-    def _generate(self, body: dict[str, Any], on_token: TokenCallback | None) -> Completion:
+    def _generate(self, body: dict[str, Any], on_token: TokenCallback | None, choice: int = 0) -> Completion:
         messages = [
-            {"role": "system" if m.get("role") == "developer" else str(m.get("role")), "content": _text(m)}
+            tools.render(str(m.get("role")), _text(m), m.get("tool_calls"))
             for m in body.get("messages") or ()
             if isinstance(m, dict)
         ]
+        response_format = body.get("response_format")
+        calling = _calling(body)
+        if calling is not None:
+            messages = tools.with_system(messages, calling.system)
+            response_format = calling.response_format
         stop = body.get("stop")
         temperature = body.get("temperature")
         try:
@@ -182,14 +250,54 @@ class LocalDeployment:
                 temperature=self._temperature if temperature is None else float(temperature),
                 top_p=body.get("top_p"),
                 stop=[stop] if isinstance(stop, str) else stop,
-                seed=body.get("seed"),
+                seed=choice_seed(body.get("seed"), choice),
                 on_token=on_token,
+                response_format=response_format,
+                top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
             )
+        except InvalidRequest as e:
+            code = "context_length_exceeded" if isinstance(e, ContextLengthExceeded) else None
+            param = "tools" if calling is not None and e.param == "response_format" else e.param
+            detail = {"message": str(e), "param": param, "code": code}
+            raise UpstreamStatusError(self._name, 400, detail) from e
         except RaglineError as e:
             msg = str(e)
             status = 400 if "context" in msg.lower() or "exceed" in msg.lower() else 500
             code = "context_length_exceeded" if status == 400 else None
             raise UpstreamStatusError(self._name, status, {"message": msg, "code": code}) from e
+
+
+def chat_choice(index: int, c: Completion, tool_calling: bool) -> dict[str, Any]:
+    """One choice of a chat.completion: the text, or the tool calls read from it; logprobs if asked."""
+    message: dict[str, Any] = {"role": "assistant", "content": c.text}
+    finish = c.finish_reason
+    if tool_calling:
+        reply = tools.read(c.text)
+        message, finish = reply.message(), tools.finish_reason(reply, finish)
+    out: dict[str, Any] = {"index": index, "message": message}
+    if c.logprobs is not None:
+        out["logprobs"] = {"content": c.logprobs, "refusal": None}
+    out["finish_reason"] = finish
+    return out
+
+
+def choices_usage(cs: Sequence[Completion]) -> dict[str, int]:
+    """The usage of n choices of one prompt: the prompt once (OpenAI's count), every choice's tokens."""
+    prompt = cs[0].prompt_tokens
+    completion = sum(c.completion_tokens for c in cs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def choice_seed(seed: Any, choice: int) -> Any:
+    """Choice i of a seeded request samples with seed + i: the choices differ, the request repeats.
+    (-1 is llama.cpp's "random": kept.)"""
+    if not isinstance(seed, int) or seed == -1 or choice == 0:
+        return seed
+    return seed + choice if seed + choice <= SEED_MAX else seed - choice
+
+
+def _calling(body: dict[str, Any]) -> tools.ToolCalling | None:
+    return tools.plan(body.get("tools"), body.get("tool_choice"))
 
 
 def _text(message: dict[str, Any]) -> str:

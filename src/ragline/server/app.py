@@ -267,13 +267,14 @@ def create_app(
     def reserved_tokens(req: ChatCompletionRequest | CompletionRequest, ra: RequestAccess | None) -> int:
         """The completion tokens to reserve; a budgeted request without max_tokens is given some."""
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        choices = req.n  # a gateway model's n choices each cost up to max_tokens
         if asked:
-            return asked
+            return asked * choices
         cap = completion_cap(req.model)
         n = min(state.meter.assumed_max_tokens, cap) if cap else state.meter.assumed_max_tokens
         if state.meter.needs_max_tokens(ra):
             req.max_tokens = n  # passed on: the call cannot cost more than was reserved
-        return n
+        return n * choices
 
     async def begin_chat(req: ChatCompletionRequest, ra: RequestAccess | None) -> Ticket | None:
         if ra is None:
@@ -430,7 +431,9 @@ def _ragline_error(e: RaglineError) -> JSONResponse:
         return _error(404, message, "not_found_error")
     if isinstance(e, ContextLengthExceeded):
         return _error(400, message, "invalid_request_error", code="context_length_exceeded")
-    if isinstance(e, InvalidFilter | ConfigError | InvalidRequest):
+    if isinstance(e, InvalidRequest):
+        return _error(400, message, "invalid_request_error", e.param)
+    if isinstance(e, InvalidFilter | ConfigError):
         return _error(400, message, "invalid_request_error")
     if isinstance(e, CollectionBusy):
         return _error(409, message, "invalid_request_error", code="collection_busy")

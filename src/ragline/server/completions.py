@@ -21,6 +21,7 @@ from ragline.engine import Engine
 from ragline.errors import ContextLengthExceeded
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import upstream
+from ragline.server.chat_checks import check_stream_options
 from ragline.server.errors import BadRequest, ModelNotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import CompletionRequest
@@ -46,6 +47,7 @@ class CompletionService:
         """The prompt text; raises the API error for anything this endpoint cannot serve."""
         if req.model != self.local_model:
             raise ModelNotFound(req.model)
+        check_stream_options(req)
         prompt: object = req.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:

@@ -104,20 +104,30 @@ class _GenerationRequest(_PassThrough):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    # tools, tool_choice, response_format, ... pass through to gateway upstreams
+    """Every field passes through to gateway upstreams as sent; how the fields combine is
+    checked in ``chat_checks.py``, what the embedded model cannot do in ``gateway/local.py``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    n: int = Field(1, ge=1)
+    #: Choices per request (OpenAI's limit); the embedded model answers one (``gateway/local.py``).
+    n: int = Field(1, ge=1, le=128)
+    #: ``{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", ...}}``
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    #: ``[{"type": "function", "function": {"name", "description", "parameters"}}]``
+    tools: list[dict[str, Any]] | None = None
+    #: ``"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}``
+    tool_choice: str | dict[str, Any] | None = None
     rag: RagOptions | None = None
 
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
+    @model_validator(mode="after")
+    def _free_form_is_sendable(self) -> Self:
+        problem = check_text([self.response_format, self.tools, self.tool_choice])
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default

@@ -23,15 +23,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ragline.answer.llm import Completion
+from ragline.answer import tools
+from ragline.answer.llm import Completion, Piece
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
-from ragline.errors import CollectionNotFound, RaglineError
+from ragline.errors import CollectionNotFound, InvalidRequest, RaglineError
 from ragline.gateway import Router
+from ragline.gateway.local import chat_choice, choice_seed, choices_usage, unsupported
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
 from ragline.server.batching import DynamicBatcher
+from ragline.server.chat_checks import check_chat
 from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
@@ -83,6 +86,8 @@ def check_query(engine: Engine, query: str, param: str) -> None:
 
 def _map_llm_error(e: RaglineError) -> Exception:
     msg = str(e)
+    if isinstance(e, InvalidRequest) and e.param is not None:
+        return BadRequest(msg, param=e.param)
     if "context" in msg.lower() or "exceed" in msg.lower():
         return ContextTooLong(msg)
     return e
@@ -148,7 +153,10 @@ class ChatService:
         Every model: messages per request and estimated prompt tokens (characters / 4). The
         embedded model and ``rag/`` collections also: ``max_tokens`` within the model's context
         (the RAG question's length and filters are checked with the question, ``_question``).
+        How OpenAI's fields combine (``chat_checks``), for every model; what the embedded model
+        cannot honour, for it and ``rag/`` collections.
         """
+        check_chat(req)
         limits = self._engine.settings.server
         if len(req.messages) > limits.max_messages:
             raise BadRequest(
@@ -168,6 +176,11 @@ class ChatService:
             )
         asked = req.max_completion_tokens or req.max_tokens
         if req.model == self.local_model or req.model.startswith(RAG_PREFIX):
+            rag = req.rag is not None or req.model.startswith(RAG_PREFIX)
+            fields = req.model_dump(include=_LOCAL_FIELDS, exclude_none=True)
+            refused = unsupported(fields, rag=rag, n_parallel=self._engine.settings.llm.n_parallel)
+            if refused is not None:
+                raise BadRequest(refused[0], param=refused[1], code="unsupported")
             check_max_tokens(self._engine, req.model, asked)
         elif (group := self._engine.settings.gateway.models.get(req.model)) is not None:
             cap, where = group.max_tokens, f"gateway.models.{req.model}.max_tokens"
@@ -197,27 +210,29 @@ class ChatService:
             if collection is not None:
                 answer = await self._answer(req, collection, on_token)
                 return self._rag_response(req, answer)
-            completion = await run_model(self._engine, self._chat, req, on_token)
+            # n choices are n generations at once, on n of the model's slots
+            runs = [run_model(self._engine, self._chat, req, on_token, i) for i in range(req.n)]
+            completions = await asyncio.gather(*runs)
+        calling = tools.plan(req.tools, req.tool_choice) is not None
         return {
             "id": _chat_id(),
             "object": "chat.completion",
             "created": _now(),
             "model": req.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "finish_reason": completion.finish_reason,
-                }
-            ],
-            "usage": _usage(completion.prompt_tokens, completion.completion_tokens),
+            "choices": [chat_choice(i, c, calling) for i, c in enumerate(completions)],
+            "usage": choices_usage(completions),
         }
 
-    def _chat(self, req: ChatCompletionRequest, on_token: Any) -> Completion:
+    def _chat(self, req: ChatCompletionRequest, on_token: Any, choice: int = 0) -> Completion:
         cfg = self._engine.settings.llm
         messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+            tools.render(m.role, m.text(), (m.model_extra or {}).get("tool_calls")) for m in req.messages
         ]
+        response_format = req.response_format
+        calling = tools.plan(req.tools, req.tool_choice)
+        if calling is not None:
+            messages = tools.with_system(messages, calling.system)
+            response_format = calling.response_format
         try:
             with upstream("local"):
                 return self._engine.llm.chat(
@@ -226,9 +241,15 @@ class ChatService:
                     temperature=cfg.temperature if req.temperature is None else req.temperature,
                     top_p=req.top_p,
                     stop=req.stop_list(),
-                    seed=req.seed,
+                    seed=choice_seed(req.seed, choice),
                     on_token=on_token,
+                    response_format=response_format,
+                    top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                 )
+        except InvalidRequest as e:
+            if calling is not None and e.param == "response_format":  # the tools' grammar
+                raise BadRequest(str(e), param="tools") from e
+            raise _map_llm_error(e) from e
         except RaglineError as e:
             raise _map_llm_error(e) from e
 
@@ -305,6 +326,7 @@ class ChatService:
 
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
+        calling = collection is None and tools.plan(req.tools, req.tool_choice) is not None
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             return {
@@ -316,13 +338,20 @@ class ChatService:
                 **extra,
             }
 
+        def piece(item: object) -> dict[str, Any]:
+            out = chunk({"content": item})
+            if isinstance(item, Piece):
+                out["choices"][0]["logprobs"] = {"content": item.logprobs, "refusal": None}
+            return out
+
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                yield chunk({"content": item})
+                if not calling:  # a tool call is read from the whole answer, then streamed
+                    yield piece(item)
             result = await task
         finally:
             if not task.done():
@@ -338,7 +367,13 @@ class ChatService:
             )
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
         else:
-            yield chunk({}, result.finish_reason)
+            finish = result.finish_reason
+            if calling:
+                reply = tools.read(result.text)
+                for delta in tools.stream_deltas(reply):
+                    yield chunk(delta)
+                finish = tools.finish_reason(reply, finish)
+            yield chunk({}, finish)
             prompt, completion = result.prompt_tokens, result.completion_tokens
         if req.stream_options and req.stream_options.include_usage:
             yield {
@@ -349,6 +384,10 @@ class ChatService:
                 "choices": [],
                 "usage": _usage(prompt, completion),
             }
+
+
+#: The fields ``gateway.local.unsupported`` reads.
+_LOCAL_FIELDS = {"n", "stream", "tools", "tool_choice", "response_format", "logprobs"}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
