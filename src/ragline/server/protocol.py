@@ -124,7 +124,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
     @model_validator(mode="after")
     def _free_form_is_sendable(self) -> Self:
-        problem = check_text([self.response_format, self.tools, self.tool_choice])
+        given = [v for v in (self.response_format, self.tools, self.tool_choice) if v is not None]
+        problem = check_text(given) if given else None  # most requests have none of them
         if problem is not None:
             raise ValueError(problem)
         return self
