@@ -78,6 +78,14 @@ def test_a_requests_limit_admits_exactly_60_of_200_across_replicas(replicas: lis
     assert codes.count(200) == 60 and codes.count(429) == 140, sorted(set(codes))
 
 
+def test_model_requests_are_limited_exactly_across_replicas(replicas: list[str]) -> None:
+    """A model route counts its request in the same Redis round trip as its tokens and budget."""
+    key = _key(replicas[0], "limited2", rate_requests="30/minute", rate_tokens="1000000/minute")
+    body = {"model": "gw", "messages": MSG, "max_tokens": 3}
+    codes = asyncio.run(_spread(replicas, key, 100, "POST", "/v1/chat/completions", body))
+    assert codes.count(200) == 30 and codes.count(429) == 70, sorted(set(codes))
+
+
 def test_a_budget_holds_exactly_across_replicas(replicas: list[str]) -> None:
     key = _key(replicas[1], "budget2", budget_usd="0.03", period="total")  # 10 requests' worth
     body = {"model": "gw", "messages": MSG, "max_tokens": 3}
