@@ -4,6 +4,7 @@ finish up to server.shutdown_timeout_s, cuts off what runs longer, and exits."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -97,18 +98,27 @@ def test_sigterm_cancels_a_running_ingestion_job_and_exits(tmp_path: Path) -> No
         r = httpx.post(base + "/v1/collections/big/documents", json={"documents": docs}, timeout=60)
         assert r.status_code in (200, 202), r.text
         job = r.json()
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{base}/v1/jobs/{job['id']}").json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        t = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        exited = time.monotonic() - t
+        _wait_running(base, job["id"])
+        code, exited = _sigterm(proc)
     assert code in GRACEFUL
     assert exited < 20, f"exit took {exited:.1f} s while a job ran"
     log = (tmp_path / "data" / "server.log").read_text()
     assert "Application shutdown complete" in log
+
+
+def _wait_running(base: str, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _sigterm(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """SIGTERM the server; its exit status and how long it took to exit."""
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    return code, time.monotonic() - t
 
 
 def test_sigterm_cancels_a_running_async_chat_job_and_exits(tmp_path: Path) -> None:
@@ -124,16 +134,10 @@ def test_sigterm_cancels_a_running_async_chat_job_and_exits(tmp_path: Path) -> N
         r = httpx.post(base + "/v1/async/chat/completions", json=body, timeout=30)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _wait_running(base, job_id)
         time.sleep(1.0)  # generating
         assert httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "running"
-        t = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        exited = time.monotonic() - t
+        code, exited = _sigterm(proc)
     assert code in GRACEFUL
     assert exited < 12, f"exit took {exited:.1f} s with a 2 s shutdown deadline while a job generated"
     log = (tmp_path / "data" / "server.log").read_text()

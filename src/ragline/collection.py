@@ -36,18 +36,17 @@ _NAME = re.compile(rf"(?:[a-z0-9][a-z0-9_.\-]{{0,62}}{TENANT_SEP})?{_PUBLIC}")
 
 def validate_public_name(name: str) -> str:
     """A collection name as a client sends it (never a tenant's prefix)."""
-    # fullmatch: with match and "$", a trailing newline passed ("$" matches before a final "\n")
-    if not isinstance(name, str) or not _PUBLIC_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "
-            "starting with a letter or digit"
-        )
-    return name
+    return _valid(name, _PUBLIC_NAME)
 
 
 def validate_name(name: str) -> str:
     """A stored collection name: a client's name, under a tenant's prefix unless it is the default's."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    return _valid(name, _NAME)
+
+
+def _valid(name: str, pattern: re.Pattern[str]) -> str:
+    # fullmatch: with match and "$", a trailing newline passed ("$" matches before a final "\n")
+    if not isinstance(name, str) or not pattern.fullmatch(name) or ".." in name:
         raise ConfigError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-', '.', "
             "starting with a letter or digit"

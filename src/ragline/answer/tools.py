@@ -172,3 +172,10 @@ def stream_deltas(reply: Reply, fragment_chars: int = 8) -> list[dict[str, Any]]
             fragment = arguments[start : start + fragment_chars]
             deltas.append({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
     return deltas
+
+
+def stream_end(text: str, model_reason: str) -> tuple[list[dict[str, Any]], str]:
+    """The end of a stream whose model was made to call a tool: the call's deltas, and the finish
+    reason (``tool_calls`` when the text was a call)."""
+    reply = read(text)
+    return stream_deltas(reply), finish_reason(reply, model_reason)

@@ -185,10 +185,9 @@ class LocalDeployment:
                 task.cancel()
         finish = result.finish_reason
         if calling:
-            reply = tools.read(result.text)
-            for delta in tools.stream_deltas(reply):
+            deltas, finish = tools.stream_end(result.text, finish)
+            for delta in deltas:
                 yield chunk(delta)
-            finish = tools.finish_reason(reply, finish)
         yield chunk({}, finish)
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):

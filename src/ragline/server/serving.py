@@ -369,10 +369,9 @@ class ChatService:
         else:
             finish = result.finish_reason
             if calling:
-                reply = tools.read(result.text)
-                for delta in tools.stream_deltas(reply):
+                deltas, finish = tools.stream_end(result.text, finish)
+                for delta in deltas:
                     yield chunk(delta)
-                finish = tools.finish_reason(reply, finish)
             yield chunk({}, finish)
             prompt, completion = result.prompt_tokens, result.completion_tokens
         if req.stream_options and req.stream_options.include_usage:
