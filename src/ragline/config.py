@@ -736,6 +736,50 @@ class SpendSettings(_Section):
     )
 
 
+class SemanticCacheSettings(_Section):
+    """Answers for questions that mean the same as one answered before (nearest stored question)."""
+
+    rag: bool = Field(
+        True, description="rag/<collection> answers (and extra_body.rag) are matched semantically"
+    )
+    models: list[str] = Field(
+        [],
+        description="chat models (local or gateway names) whose answers are matched semantically too; "
+        "opt-in, since a chat model's answer may depend on wording a RAG answer does not",
+    )
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="cosine similarity of the two questions' embeddings a hit needs; null = the "
+        "measured default (cache/match.py, docs/BENCHMARKS.md 'Semantic cache precision')",
+    )
+    check: bool = Field(
+        True,
+        description="the second check between similar and hit: numbers, negations, named entities "
+        "and content words that differ veto a hit",
+    )
+
+
+class CacheSettings(_Section):
+    """The response cache: exact (hash of the normalised request) and semantic, scoped per tenant."""
+
+    enabled: bool = Field(True, description="false = no response is looked up or stored")
+    ttl_s: float = Field(3600.0, gt=0.0, description="an entry is served for at most this long")
+    max_entries: int = Field(
+        10_000, ge=1, description="entries kept in this process; past it the least recently used go"
+    )
+    max_entry_bytes: int = Field(
+        1_048_576, ge=1024, description="responses larger than this (encoded) are not stored"
+    )
+    sampled: bool = Field(
+        False,
+        description="also cache requests that sample (temperature > 0 without a seed); a request opts "
+        "in on its own with extra_body cache: force",
+    )
+    semantic: SemanticCacheSettings = Field(SemanticCacheSettings(), description="semantic matching")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGLINE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
@@ -759,6 +803,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     prices: PricesSettings = PricesSettings()
     spend: SpendSettings = SpendSettings()
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ragline.answer.answerer import Answerer
 from ragline.answer.llm import LLM, TokenCallback, build_llm
 from ragline.collection import (
@@ -315,6 +318,14 @@ class Engine:
         with self.using(name) as col:
             return col.registry.get(doc_id)
 
+    def versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc_id -> current version of those of ``doc_ids`` the collection holds (none when the
+        collection does not exist). Blocking: one registry read."""
+        if not self.has_collection(collection):
+            return {}
+        with self.using(collection) as col:
+            return {d: r.version for d, r in col.registry.get_many(doc_ids).items()}
+
     def drop_collection(self, name: str) -> None:
         name = validate_name(name)
         with self._lock:
@@ -362,16 +373,17 @@ class Engine:
         filters: Filter | list[str] | None = None,
         on_token: TokenCallback | None = None,
         max_tokens: int | None = None,
+        query_vector: npt.NDArray[np.float32] | None = None,
     ) -> Answer:
         """Retrieve, then answer with citations. ``max_tokens`` caps generation (default:
-        ``answer.max_tokens``)."""
+        ``answer.max_tokens``); ``query_vector``: the question's embedding when the caller has it."""
         a = self.settings.answer
         mode = mode or a.mode
         if mode not in ("generate", "extractive"):
             raise ValueError(f"unknown answer mode {mode!r}; choose generate or extractive")
         flt = parse_filters(filters) if isinstance(filters, list) else filters
         with self.using(collection) as col:
-            return self._answer(col, question, mode, top_k, flt, on_token, max_tokens)
+            return self._answer(col, question, mode, top_k, flt, on_token, max_tokens, query_vector)
 
     def _answer(
         self,
@@ -382,11 +394,12 @@ class Engine:
         flt: Filter | None,
         on_token: TokenCallback | None,
         max_tokens: int | None,
+        query_vector: npt.NDArray[np.float32] | None = None,
     ) -> Answer:
         a = self.settings.answer
         retriever = Retriever(self.embedder, self.settings.retrieval)
         t0 = time.perf_counter()
-        qvec = retriever.embed_query(question)
+        qvec = query_vector if query_vector is not None else retriever.embed_query(question)
         hits = self._retrieve(col, question, top_k or a.top_k, flt=flt, query_vector=qvec)
         _fill_dense_scores(col, hits, qvec)
         usage = Usage(retrieval_ms=(time.perf_counter() - t0) * 1000)

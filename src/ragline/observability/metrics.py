@@ -79,3 +79,35 @@ EMBEDDING_QUEUE_DEPTH = Gauge(
     "Embedding requests waiting for the dynamic batcher",
     registry=REGISTRY,
 )
+CACHE_REQUESTS = Counter(
+    "ragline_cache_requests_total",
+    "Cacheable requests by outcome (hit|semantic-hit|miss|bypass: no-cache asked)",
+    ["result"],
+    registry=REGISTRY,
+)
+CACHE_VETOES = Counter(
+    "ragline_cache_vetoes_total",
+    "Stored questions similar enough to hit that the second check told apart (not served)",
+    registry=REGISTRY,
+)
+CACHE_STALE = Counter(
+    "ragline_cache_stale_total",
+    "Entries found but not served because a document they were built from changed or went",
+    registry=REGISTRY,
+)
+CACHE_SAVED_SECONDS = Counter(
+    "ragline_cache_saved_seconds_total",
+    "Answering time saved by cache hits (what each answer took the first time)",
+    registry=REGISTRY,
+)
+CACHE_SAVED_USD = Counter(
+    "ragline_cache_saved_usd_total",
+    "Cost saved by cache hits, at the price table's prices (prices.*)",
+    registry=REGISTRY,
+)
+CACHE_ENTRIES = Gauge("ragline_cache_entries", "Responses kept in this process's cache", registry=REGISTRY)
+CACHE_EVICTIONS = Counter(
+    "ragline_cache_evictions_total",
+    "Entries evicted to keep the cache within cache.max_entries",
+    registry=REGISTRY,
+)

@@ -7,6 +7,7 @@ a new key is in the creation response and nowhere else, ever.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from ragline.access import AccessControl
 from ragline.access.admin import UNSET
 from ragline.access.keys import id_from
 from ragline.access.views import key_row, spend_row, tenant_row, when
+from ragline.cache.service import ResponseCache
 from ragline.server.errors import BadRequest, NotFound
 from ragline.store.records import SpendGroup
 
@@ -55,6 +57,14 @@ class CreateKey(BaseModel):
     rate_tokens: str | None = Field(None, max_length=100)
 
 
+class PurgeCache(BaseModel):
+    """Which cached responses to drop: those matching every field given (all of them: none given)."""
+
+    tenant: str | None = Field(None, min_length=1, max_length=63)
+    collection: str | None = Field(None, min_length=1, max_length=200, description="the tenant's name for it")
+    model: str | None = Field(None, min_length=1, max_length=200)
+
+
 def _period_start(period: Period, now: datetime) -> float:
     if period == "total":
         return 0.0
@@ -62,9 +72,25 @@ def _period_start(period: Period, now: datetime) -> float:
     return (first if period == "day" else first.replace(day=1)).timestamp()
 
 
-def build_admin_router(access: AccessControl) -> APIRouter:
+def build_admin_router(
+    access: AccessControl,
+    cache: ResponseCache | None = None,
+    stored_name: Callable[[str | None, str], str] | None = None,
+) -> APIRouter:
+    """``stored_name(tenant, collection)``: the stored name of a tenant's collection (None: the default
+    tenant), for purging the cache by collection."""
     r = APIRouter(prefix="/admin", tags=["admin"])
     admin = access.admin
+
+    @r.post("/cache/purge")
+    async def purge_cache(body: PurgeCache) -> dict[str, Any]:
+        if cache is None:
+            return {"object": "cache.purge", "purged": 0, "enabled": False}
+        collection = None
+        if body.collection is not None:
+            collection = stored_name(body.tenant, body.collection) if stored_name else body.collection
+        n = await cache.purge(tenant=body.tenant, collection=collection, model=body.model)
+        return {"object": "cache.purge", "purged": n, "enabled": True}
 
     @r.get("/tenants")
     async def list_tenants() -> dict[str, Any]:

@@ -7,9 +7,10 @@ import contextlib
 import gc
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from ragline.access import AccessControl, AccessError
+from ragline.cache.memory import MemoryCacheStore
+from ragline.cache.service import CachePlan, ResponseCache
 from ragline.collection import TENANT_SEP
 from ragline.engine import Engine
 from ragline.errors import (
@@ -38,13 +41,23 @@ from ragline.errors import (
 from ragline.gateway import build_router as build_gateway
 from ragline.gateway import codec
 from ragline.gateway.rules import CHARS_PER_TOKEN
+from ragline.observability import metrics
 from ragline.observability.context import RequestStats, activate, current
 from ragline.observability.metrics import REGISTRY
 from ragline.server import model_threads
 from ragline.server.access_mw import AccessMiddleware, RequestAccess, access_error_type, request_access
 from ragline.server.admin_routes import build_admin_router
 from ragline.server.body_limit import BodyLimitMiddleware
-from ragline.server.caller import caller_of
+from ragline.server.caching import (
+    HEADER,
+    CachedChat,
+    StreamCollector,
+    hit_body,
+    replayed,
+    sources_of,
+    with_cache_info,
+)
+from ragline.server.caller import Caller, caller_of
 from ragline.server.completions import CompletionService
 from ragline.server.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, cancel_on_disconnect
 from ragline.server.errors import APIError, BadRequest, ModelNotFound, PayloadTooLarge, TooManyRequests
@@ -61,9 +74,11 @@ from ragline.server.protocol import (
     error_body,
 )
 from ragline.server.serving import RAG_PREFIX, ChatService, EmbeddingService
+from ragline.server.tenancy import Tenancy
 from ragline.state.base import StateError
 from ragline.store.base import AlreadyExists, StoreError
 from ragline.store.base import NotFound as StoreNotFound
+from ragline.types import Answer
 
 EMBEDDING_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 log = logging.getLogger("ragline.server")
@@ -102,6 +117,7 @@ class State:
         self.access = AccessControl(engine.settings)
         self.meter = Meter(self.access, self.deployments_of)
         self.caller = caller_of(engine)
+        self.cache = _build_cache(engine, self.chat)
         self.ready = False
         self.load_error: str | None = None
         """Why the models failed to load at start-up (then the server never gets ready)."""
@@ -112,6 +128,27 @@ class State:
         if gw is not None and gw.handles(model):
             return gw.deployment_names(model)
         return ("local",)
+
+
+def _build_cache(engine: Engine, chat: ChatService) -> CachedChat | None:
+    """The response cache the settings ask for (in this process), or None when it is off."""
+    settings = engine.settings.cache
+    if not settings.enabled:
+        return None
+
+    async def embed(question: str) -> Any:
+        return (await asyncio.to_thread(engine.embedder.embed_queries, [question]))[0]
+
+    async def versions(collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        return await asyncio.to_thread(engine.versions, collection, doc_ids)
+
+    store = MemoryCacheStore(
+        max_entries=settings.max_entries,
+        dim=lambda: engine.embedder.dim,
+        on_evict=metrics.CACHE_EVICTIONS.inc,
+    )
+    cache = ResponseCache(settings, store, embed=embed, versions=versions)
+    return CachedChat(cache, chat, engine.settings.llm.temperature)
 
 
 def _error(
@@ -157,6 +194,8 @@ def create_app(
         await state.embeddings.batcher.close()
         await state.meter.drain()
         await state.access.close()  # drains the spend writer: no settlement is lost
+        if state.cache is not None:
+            await state.cache.cache.close()
         model_threads.shutdown(engine)
         await asyncio.to_thread(engine.close)
 
@@ -315,8 +354,11 @@ def create_app(
 
     async def chat_response(req: ChatCompletionRequest, scope: Scope, receive: Receive) -> Response:
         caller = state.caller(scope)
-        ticket = await begin_chat(req, caller.access)
         headers = Headers(scope=scope)
+        plan = state.cache.plan(req, caller.tenancy, headers) if state.cache is not None else None
+        if plan is not None:
+            return await cached_chat(req, plan, caller, headers, receive)
+        ticket = await begin_chat(req, caller.access)
         if not req.stream:
             # a Response, not a dict: FastAPI's jsonable_encoder walk was a quarter of a proxied request's CPU
             call = _observed(req.model, state.chat.complete(req, headers, caller.tenancy))
@@ -324,6 +366,80 @@ def create_app(
         wants_usage = _force_usage(req)
         gen = state.chat.stream(req, headers, caller.tenancy)
         return await _streaming(req.model, gen, wants_usage, ticket, state.meter, settle)
+
+    async def cached_chat(
+        req: ChatCompletionRequest, plan: CachePlan, caller: Caller, headers: Headers, receive: Receive
+    ) -> Response:
+        """A cacheable chat: answered from the cache when it holds the answer, else answered and kept."""
+        cached = state.cache
+        assert cached is not None
+        state.meter.check_model(caller.access, *chat_models(req))  # a model the key may not use, never
+        found = await cached.cache.lookup(plan)
+        marker = {HEADER: found.status}
+        if found.entry is not None:
+            # counted against the request limits like any request; nothing reserved, nothing spent
+            ticket = await state.meter.begin(caller.access, req.model, 0, 0)
+            state.meter.finish(ticket, deployment="cache", prompt_tokens=0, completion_tokens=0, cached=True)
+            stats = current()
+            if stats is not None:
+                stats.model = req.model
+            body = hit_body(found)
+            if not req.stream:
+                return _json(body, marker)
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _streaming(req.model, replayed(body, include_usage), True, headers=marker)
+        ticket = await begin_chat(req, caller.access)
+        sources: dict[str, str] = {}
+
+        def on_answer(answer: Answer) -> None:
+            sources.update(sources_of(answer))
+
+        started = time.perf_counter()
+
+        async def keep(body: dict[str, Any]) -> None:
+            stats = current()
+            deployment = stats.deployment if stats is not None and stats.deployment else "local"
+            usage = body.get("usage") or {}
+            cost = state.access.prices.cost_nano(
+                req.model,
+                deployment,
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+            )
+            await cached.cache.store(
+                plan,
+                body,
+                sources=sources,
+                latency_s=time.perf_counter() - started,
+                cost_nano=cost,
+                vector=found.vector,
+            )
+
+        if not req.stream:
+            call = _observed(
+                req.model, state.chat.complete(req, headers, caller.tenancy, on_answer, found.vector)
+            )
+            body = await cancel_on_disconnect(receive, metered(ticket, call))
+            await keep(body)
+            return _json(with_cache_info(body, found), marker)
+        wants_usage = _force_usage(req)
+        collector = StreamCollector(state.chat.rag_mode(req) if plan.collection is not None else None)
+
+        async def collected() -> AsyncIterator[dict[str, Any]]:
+            gen = state.chat.stream(req, headers, caller.tenancy, on_answer, found.vector)
+            try:
+                async for part in gen:
+                    collector.feed(part)
+                    yield part
+            finally:
+                await cast(AsyncGenerator[dict[str, Any], None], gen).aclose()
+            whole = collector.body()
+            if whole is not None:
+                await keep(whole)
+
+        return await _streaming(
+            req.model, collected(), wants_usage, ticket, state.meter, settle, headers=marker
+        )
 
     async def serve_chat(req: ChatCompletionRequest, scope: Scope, receive: Receive) -> Response:
         """The route's work for the fast path, errors shaped as the exception handlers shape them."""
@@ -394,7 +510,13 @@ def create_app(
         return job.to_dict()
 
     app.include_router(build_router(engine, state.jobs, max_body_bytes))
-    app.include_router(build_admin_router(state.access))
+    default_tenant = engine.settings.auth.default_tenant
+
+    def stored_name(tenant: str | None, collection: str) -> str:
+        return Tenancy(engine, tenant or default_tenant, default_tenant).stored(collection, "collection")
+
+    cache = state.cache.cache if state.cache is not None else None
+    app.include_router(build_admin_router(state.access, cache, stored_name))
     return app
 
 
@@ -520,6 +642,7 @@ async def _streaming(
     ticket: Ticket | None = None,
     meter: Meter | None = None,
     settle: Callable[[Ticket | None, Any, RequestStats | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """SSE response for a chunk stream; errors before the first chunk become proper HTTP errors.
 
@@ -582,12 +705,14 @@ async def _streaming(
         finally:
             settled()
 
-    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **(headers or {})}
+    )
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + codec.dumps(obj) + b"\n\n"
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(codec.dumps(body), media_type="application/json")
+def _json(body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(codec.dumps(body), media_type="application/json", headers=headers)

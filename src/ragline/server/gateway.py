@@ -2,7 +2,7 @@
 
 The request body goes to the upstream as the client sent it (tools, tool_choice,
 response_format, seed, stop, ... and unknown fields alike); only ragline's own ``rag``
-extension is dropped, and the router rewrites ``model``. Gateway errors become API errors
+and ``cache`` extensions are dropped, and the router rewrites ``model``. Gateway errors become API errors
 here, in one place:
 
 - every deployment down, open or failed -> 503 ``service_unavailable``
@@ -39,7 +39,7 @@ def request_body(req: ChatCompletionRequest) -> dict[str, Any]:
             "rag options apply to the embedded model and rag/<collection> models, not to gateway models",
             param="rag",
         )
-    return req.model_dump(exclude_unset=True, exclude={"rag"})
+    return req.model_dump(exclude_unset=True, exclude={"rag", "cache"})
 
 
 async def complete(

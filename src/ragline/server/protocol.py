@@ -121,6 +121,9 @@ class ChatCompletionRequest(_GenerationRequest):
     #: ``"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}``
     tool_choice: str | dict[str, Any] | None = None
     rag: RagOptions | None = None
+    #: ragline extension (``extra_body={"cache": ...}``): ``no-cache`` answers afresh (and stores the
+    #: answer), ``no-store`` neither reads nor stores, ``force`` caches a request that samples.
+    cache: Literal["no-cache", "no-store", "force"] | None = None
 
     @model_validator(mode="after")
     def _free_form_is_sendable(self) -> Self:

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,16 @@ class ChatService:
         """Whether this request runs on the local model (it and rag/ names; not the gateway's)."""
         return self._routed(req) is None
 
+    def collection_of(self, req: ChatCompletionRequest, tenancy: Tenancy | None) -> str | None:
+        """The stored name of the RAG collection a request answers from (None: a plain chat, local
+        or routed); 404 for a rag/ name that does not exist."""
+        if self._routed(req) is not None:
+            return None
+        return self._resolve(req, tenancy)
+
+    def rag_mode(self, req: ChatCompletionRequest) -> str:
+        return (req.rag.mode if req.rag is not None else None) or self._engine.settings.answer.mode
+
     def _routed(self, req: ChatCompletionRequest) -> Router | None:
         """The gateway when it serves this model name (the local model and rag/ names never are)."""
         gw = self.gateway
@@ -201,14 +211,20 @@ class ChatService:
         req: ChatCompletionRequest,
         headers: Mapping[str, str] | None = None,
         tenancy: Tenancy | None = None,
+        on_answer: Callable[[Answer], None] | None = None,
+        query_vector: Any = None,
     ) -> dict[str, Any]:
+        """``on_answer`` is called with a RAG answer before it is shaped (the cache reads its sources);
+        ``query_vector``: the RAG question's embedding when the caller has it (the cache's lookup)."""
         self.check(req)
         if (router := self._routed(req)) is not None:
             return await routed.complete(router, req, headers)
         collection = self._resolve(req, tenancy)
         with stop_when_abandoned() as on_token:  # the client went away: the generation stops
             if collection is not None:
-                answer = await self._answer(req, collection, on_token)
+                answer = await self._answer(req, collection, on_token, query_vector)
+                if on_answer is not None:
+                    on_answer(answer)
                 return self._rag_response(req, answer)
             # n choices are n generations at once, on n of the model's slots
             runs = [run_model(self._engine, self._chat, req, on_token, i) for i in range(req.n)]
@@ -253,7 +269,9 @@ class ChatService:
         except RaglineError as e:
             raise _map_llm_error(e) from e
 
-    async def _answer(self, req: ChatCompletionRequest, collection: str, on_token: Any) -> Answer:
+    async def _answer(
+        self, req: ChatCompletionRequest, collection: str, on_token: Any, query_vector: Any = None
+    ) -> Answer:
         question = self._question(req)
         rag = req.rag
         try:
@@ -267,6 +285,7 @@ class ChatService:
                 filters=rag.filters if rag else None,
                 on_token=on_token,
                 max_tokens=req.max_completion_tokens or req.max_tokens,
+                query_vector=query_vector,
             )
         except CollectionNotFound as e:
             raise ModelNotFound(req.model) from e
@@ -303,6 +322,8 @@ class ChatService:
         req: ChatCompletionRequest,
         headers: Mapping[str, str] | None = None,
         tenancy: Tenancy | None = None,
+        on_answer: Callable[[Answer], None] | None = None,
+        query_vector: Any = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield chat.completion.chunk dicts; validation errors raise before the first yield."""
         self.check(req)
@@ -319,7 +340,7 @@ class ChatService:
         async def run() -> Any:
             try:
                 if collection is not None:
-                    return await self._answer(req, collection, bridge.on_token)
+                    return await self._answer(req, collection, bridge.on_token, query_vector)
                 return await run_model(self._engine, self._chat, req, bridge.on_token)
             finally:
                 bridge.finish()
@@ -358,6 +379,8 @@ class ChatService:
                 bridge.cancel()  # the reader is gone: stop the generation at its next token
                 task.cancel()
         if isinstance(result, Answer):
+            if on_answer is not None:
+                on_answer(result)
             d = result.to_dict()
             # The final text (with citations matched after generation) and the sources, before [DONE].
             if not result.found or result.mode == "extractive":

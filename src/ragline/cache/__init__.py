@@ -1,0 +1,1 @@
+"""The response cache: exact and semantic, scoped per tenant, never serving what its sources no longer say."""
