@@ -25,6 +25,10 @@ from ragline.index.base import IndexPoint
 from ragline.index.edge import EdgeIndex
 from ragline.index.filters import Condition, Filter
 
+#: Vectors written between graph builds (at least; a fifth of those stored when that is more).
+#: Below a few thousand points a search scans them, which is as fast as the graph.
+_BUILD_EVERY = 5000
+
 
 def point_id(key: str) -> str:
     """The shard's id for an entry (the shard takes UUIDs)."""
@@ -45,6 +49,9 @@ class MemoryCacheStore:
         self._index: EdgeIndex | None = None
         self._dir: Path | None = None
         self._index_lock = threading.Lock()
+        self._added = 0  # vectors written since the graph was last built
+        self._optimizing: asyncio.Task[None] | None = None
+        self._queued: list[IndexPoint] = []  # written once the graph build that holds the shard ends
 
     def _shard(self) -> EdgeIndex:
         with self._index_lock:
@@ -71,8 +78,14 @@ class MemoryCacheStore:
         self._entries[entry.key] = entry
         if vector is not None:
             point = IndexPoint(point_id(entry.key), vector, "", {"scope": entry.scope, "key": entry.key})
-            await asyncio.to_thread(self._shard().upsert, [point])
             self._vectors.add(entry.key)
+            if self._optimizing is not None and not self._optimizing.done():
+                self._queued.append(point)  # the build holds the shard: never make a request wait on it
+            else:
+                await asyncio.to_thread(self._shard().upsert, [point])
+                self._added += 1
+                if self._added >= max(_BUILD_EVERY, len(self._vectors) // 5):
+                    self._optimizing = asyncio.get_running_loop().create_task(self.optimize())
         evicted = []
         while len(self._entries) > self._max:
             k, _ = self._entries.popitem(last=False)
@@ -109,7 +122,23 @@ class MemoryCacheStore:
         self._vectors.difference_update(keys)
         await asyncio.to_thread(self._index.delete, [point_id(k) for k in keys])
 
+    async def optimize(self) -> None:
+        """Build the HNSW graph over what was written since the last build (a worker thread; the
+        vectors that arrive meanwhile are written after it)."""
+        if self._index is None:
+            return
+        self._added = 0
+        try:
+            await asyncio.to_thread(self._index.optimize)
+        finally:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                live = [p for p in batch if str(p.payload["key"]) in self._vectors]
+                await asyncio.to_thread(self._index.upsert, live)
+
     async def close(self) -> None:
+        if self._optimizing is not None and not self._optimizing.done():
+            await asyncio.gather(self._optimizing, return_exceptions=True)
         with self._index_lock:
             if self._index is not None:
                 self._index.close()
