@@ -7,11 +7,13 @@ model, whose request count shows when the cache answered instead).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,14 @@ import pytest
 import yaml
 
 from conftest import free_port, ragline_process
+from ragline.cache.base import CacheStore
 from ragline.cache.keys import deterministic, request_key
 from ragline.cache.memory import MemoryCacheStore
+from ragline.cache.redis import RedisCacheStore
 from ragline.cache.service import ResponseCache
 from ragline.config import CacheSettings
 from ragline.embed.onnx import OnnxEmbedder
+from ragline.state.redis import RedisState
 
 HERE = Path(__file__).resolve().parent
 ADMIN = "admin-" + "c" * 40
@@ -102,27 +107,50 @@ def test_only_deterministic_requests_are_cached_by_default() -> None:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.time()  # Redis expires entries by the wall clock too
 
     def __call__(self) -> float:
         return self.now
 
 
-def _service(
-    embedder: OnnxEmbedder, versions: dict[str, str] | None = None, **settings: Any
-) -> tuple[ResponseCache, Clock]:
-    clock = Clock()
-    current = versions if versions is not None else {}
+Make = Callable[..., Awaitable[tuple[ResponseCache, Clock]]]
 
-    async def embed(q: str) -> Any:
-        return embedder.embed_queries([q])[0]
 
-    async def vers(collection: str, ids: Any) -> dict[str, str]:
-        return {d: current[d] for d in ids if d in current}
+@pytest.fixture(params=["memory", "redis"])
+async def make(request: pytest.FixtureRequest, embedder: OnnxEmbedder) -> AsyncIterator[Make]:
+    """Builds caches over the in-process store or a real Redis (one key prefix per test)."""
+    made: list[tuple[ResponseCache, RedisState | None]] = []
+    prefix = f"t{uuid.uuid4().hex[:12]}"
 
-    store = MemoryCacheStore(max_entries=settings.pop("max_entries", 100), dim=lambda: embedder.dim)
-    cache = ResponseCache(CacheSettings(**settings), store, embed=embed, versions=vers, clock=clock)
-    return cache, clock
+    async def build(versions: dict[str, str] | None = None, **settings: Any) -> tuple[ResponseCache, Clock]:
+        clock = Clock()
+        current = versions if versions is not None else {}
+
+        async def embed(q: str) -> Any:
+            return embedder.embed_queries([q])[0]
+
+        async def vers(collection: str, ids: Any) -> dict[str, str]:
+            return {d: current[d] for d in ids if d in current}
+
+        max_entries = settings.pop("max_entries", 100)
+        state: RedisState | None = None
+        store: CacheStore
+        if request.param == "memory":
+            store = MemoryCacheStore(max_entries=max_entries, dim=lambda: embedder.dim)
+        else:
+            state = RedisState(request.getfixturevalue("redis_url"), prefix)
+            await state.open()
+            store = RedisCacheStore(state, max_entries=max_entries, dim=lambda: embedder.dim)
+        await store.start()
+        cache = ResponseCache(CacheSettings(**settings), store, embed=embed, versions=vers, clock=clock)
+        made.append((cache, state))
+        return cache, clock
+
+    yield build
+    for cache, state in made:
+        await cache.close()
+        if state is not None:
+            await state.close()
 
 
 def _answer(text: str) -> dict[str, Any]:
@@ -146,8 +174,8 @@ def _plan(cache: ResponseCache, question: str, *, tenant: str = "t", collection:
     )
 
 
-async def test_exact_then_semantic_hit_then_miss(embedder: OnnxEmbedder) -> None:
-    cache, _ = _service(embedder, semantic={"threshold": 0.9})
+async def test_exact_then_semantic_hit_then_miss(make: Make) -> None:
+    cache, _ = await make(semantic={"threshold": 0.9})
     q = "What is the boiling point of water at sea level?"
     first = await cache.lookup(_plan(cache, q))
     assert first.status == "miss"
@@ -160,11 +188,10 @@ async def test_exact_then_semantic_hit_then_miss(embedder: OnnxEmbedder) -> None
     # another tenant, another collection: never
     assert (await cache.lookup(_plan(cache, q, tenant="u"))).status == "miss"
     assert (await cache.lookup(_plan(cache, q, collection="other"))).status == "miss"
-    await cache.close()
 
 
-async def test_entries_expire_and_the_least_recently_used_go_first(embedder: OnnxEmbedder) -> None:
-    cache, clock = _service(embedder, ttl_s=60, max_entries=2)
+async def test_entries_expire_and_the_least_recently_used_go_first(make: Make) -> None:
+    cache, clock = await make(ttl_s=60, max_entries=2)
     for q in ("one?", "two?"):
         await cache.store(_plan(cache, q), _answer(q))
     assert (await cache.lookup(_plan(cache, "one?"))).status == "hit"  # one is now the most recent
@@ -174,12 +201,11 @@ async def test_entries_expire_and_the_least_recently_used_go_first(embedder: Onn
     assert (await cache.lookup(_plan(cache, "one?"))).status == "hit"
     clock.now += 61
     assert (await cache.lookup(_plan(cache, "one?"))).status == "miss"
-    await cache.close()
 
 
-async def test_an_answer_whose_source_changed_is_not_served(embedder: OnnxEmbedder) -> None:
+async def test_an_answer_whose_source_changed_is_not_served(make: Make) -> None:
     versions = {"doc": "v1", "other": "v1"}
-    cache, _ = _service(embedder, versions)
+    cache, _ = await make(versions)
     await cache.store(_plan(cache, "q?"), _answer("a"), sources={"doc": "v1", "other": "v1"})
     assert (await cache.lookup(_plan(cache, "q?"))).status == "hit"
     versions["doc"] = "v2"
@@ -188,11 +214,10 @@ async def test_an_answer_whose_source_changed_is_not_served(embedder: OnnxEmbedd
     await cache.store(_plan(cache, "q?"), _answer("a2"), sources={"doc": "v2", "other": "v1"})
     del versions["other"]  # deleted
     assert (await cache.lookup(_plan(cache, "q?"))).status == "miss"
-    await cache.close()
 
 
-async def test_purge_and_forget(embedder: OnnxEmbedder) -> None:
-    cache, _ = _service(embedder)
+async def test_purge_and_forget(make: Make) -> None:
+    cache, _ = await make()
     await cache.store(_plan(cache, "a?", tenant="t1"), _answer("a"), sources={"d1": "v"})
     await cache.store(_plan(cache, "b?", tenant="t2"), _answer("b"), sources={"d2": "v"})
     await cache.store(_plan(cache, "c?", tenant="t2", collection="other"), _answer("c"))
@@ -200,21 +225,19 @@ async def test_purge_and_forget(embedder: OnnxEmbedder) -> None:
     assert await cache.purge(tenant="t2", collection="other") == 1
     assert await cache.purge() == 1
     assert cache.backend.size() == 0
-    await cache.close()
 
 
-async def test_incomplete_answers_are_not_kept(embedder: OnnxEmbedder) -> None:
-    cache, _ = _service(embedder)
+async def test_incomplete_answers_are_not_kept(make: Make) -> None:
+    cache, _ = await make()
     cut = _answer("partial")
     cut["choices"][0]["finish_reason"] = "length"
     assert not await cache.store(_plan(cache, "q?"), cut)
     assert not await cache.store(_plan(cache, "q?"), {"error": {"message": "x"}})
-    await cache.close()
 
 
-async def test_semantic_lookup_scans_no_more_than_its_scope(embedder: OnnxEmbedder) -> None:
+async def test_semantic_lookup_scans_no_more_than_its_scope(make: Make, embedder: OnnxEmbedder) -> None:
     """Thousands of entries in other scopes do not crowd out the one in this scope."""
-    cache, _ = _service(embedder, max_entries=5000, semantic={"threshold": 0.9})
+    cache, _ = await make(max_entries=5000, semantic={"threshold": 0.9})
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(2000, embedder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -224,6 +247,63 @@ async def test_semantic_lookup_scans_no_more_than_its_scope(embedder: OnnxEmbedd
     await cache.store(_plan(cache, q), _answer("8849 m"))
     found = await cache.lookup(_plan(cache, "how tall is mount everest"))
     assert found.status == "semantic-hit"
+
+
+async def test_two_replicas_share_one_redis_cache(redis_url: str, embedder: OnnxEmbedder) -> None:
+    """What one replica keeps, another serves (exactly and semantically); a purge on one reaches both."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+
+    async def embed(q: str) -> Any:
+        return embedder.embed_queries([q])[0]
+
+    async def vers(collection: str, ids: Any) -> dict[str, str]:
+        return {}
+
+    states = [RedisState(redis_url, prefix) for _ in range(2)]
+    caches = []
+    for st in states:
+        await st.open()
+        store = RedisCacheStore(st, max_entries=100, dim=lambda: embedder.dim)
+        await store.start()
+        settings = CacheSettings(semantic={"threshold": 0.9})
+        caches.append(ResponseCache(settings, store, embed=embed, versions=vers))
+    a, b = caches
+    q = "What is the boiling point of water at sea level?"
+    await a.store(_plan(a, q), _answer("100 C"))
+    assert (await b.lookup(_plan(b, q))).status == "hit"
+    deadline = time.monotonic() + 5
+    while (found := await b.lookup(_plan(b, q.lower().rstrip("?")))).status != "semantic-hit":
+        assert time.monotonic() < deadline, "the vector never reached the other replica"
+        await asyncio.sleep(0.05)
+    assert found.entry is not None and found.entry.question == q
+    # a third replica that starts late loads what is there
+    late_state = RedisState(redis_url, prefix)
+    await late_state.open()
+    late_store = RedisCacheStore(late_state, max_entries=100, dim=lambda: embedder.dim)
+    await late_store.start()
+    late = ResponseCache(CacheSettings(semantic={"threshold": 0.9}), late_store, embed=embed, versions=vers)
+    assert (await late.lookup(_plan(late, q.lower().rstrip("?")))).status == "semantic-hit"
+    assert await b.purge(tenant="t") == 1
+    assert (await a.lookup(_plan(a, q))).status == "miss"
+    for c in (*caches, late):
+        await c.close()
+    for st in (*states, late_state):
+        await st.close()
+
+
+async def test_an_unreachable_redis_is_a_miss_not_an_error(embedder: OnnxEmbedder) -> None:
+    state = RedisState("redis://127.0.0.1:1/0", "x", timeout_s=0.5)
+    store = RedisCacheStore(state, max_entries=10, dim=lambda: embedder.dim)
+
+    async def embed(q: str) -> Any:
+        return embedder.embed_queries([q])[0]
+
+    async def vers(collection: str, ids: Any) -> dict[str, str]:
+        return {}
+
+    cache = ResponseCache(CacheSettings(), store, embed=embed, versions=vers)
+    assert (await cache.lookup(_plan(cache, "q?"))).status == "miss"
+    assert not await cache.store(_plan(cache, "q?"), _answer("a"))
     await cache.close()
 
 

@@ -765,6 +765,11 @@ class CacheSettings(_Section):
     """The response cache: exact (hash of the normalised request) and semantic, scoped per tenant."""
 
     enabled: bool = Field(True, description="false = no response is looked up or stored")
+    store: Literal["auto", "memory", "redis"] = Field(
+        "auto",
+        description="where entries are kept: memory (this process), redis (shared by every replica, in "
+        "the state.url server), auto = redis when state.url is set, else memory",
+    )
     ttl_s: float = Field(3600.0, gt=0.0, description="an entry is served for at most this long")
     max_entries: int = Field(
         10_000, ge=1, description="entries kept in this process; past it the least recently used go"

@@ -1,9 +1,10 @@
 """The cache-store seam: entries by exact key, and the questions' vectors by scope.
 
-One implementation today: ``MemoryCacheStore`` (this process; the vectors in an embedded Qdrant
-engine shard). A store keeps entries for at most their TTL and at most its size bound, evicting
-the least recently used. What may be served is decided above it (``service.ResponseCache``): a
-store only keeps and finds.
+Two implementations: ``MemoryCacheStore`` (this process) and ``RedisCacheStore`` (entries shared
+by every replica in Redis; each replica's ``QuestionIndex`` fed from it). Both keep the questions'
+vectors in an embedded Qdrant engine shard (``vectors.py``). A store keeps entries for at most
+their TTL and at most its size bound, evicting the least recently used. What may be served is
+decided above it (``service.ResponseCache``): a store only keeps and finds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from ragline.errors import RaglineError
+
+
+class CacheUnavailable(RaglineError):
+    """The store cannot be reached (requests are answered without the cache)."""
 
 
 @dataclass(slots=True)
@@ -53,6 +60,9 @@ Predicate = Callable[[CacheEntry], bool]
 class CacheStore(Protocol):
     kind: str
 
+    async def start(self) -> None:
+        """Begin serving (after the shared state is open)."""
+
     async def get(self, key: str, now: float) -> CacheEntry | None:
         """The live entry under ``key`` (an expired one is dropped and None returned)."""
 
@@ -70,5 +80,8 @@ class CacheStore(Protocol):
 
     def size(self) -> int:
         """Entries kept now."""
+
+    async def optimize(self) -> None:
+        """Build the vector graph now (it is also built in the background as vectors arrive)."""
 
     async def close(self) -> None: ...

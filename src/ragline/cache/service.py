@@ -12,6 +12,7 @@ answered afresh, so no answer outlives its sources, whichever process changed th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ragline.cache.base import CacheEntry, CacheStore
+from ragline.cache.base import CacheEntry, CacheStore, CacheUnavailable
 from ragline.cache.keys import RequestKey
 from ragline.cache.match import QuestionMatcher
 from ragline.config import CacheSettings
 from ragline.observability import metrics
+
+log = logging.getLogger("ragline.cache")
 
 Status = Literal["hit", "semantic-hit", "miss"]
 Control = Literal["no-cache", "no-store", "force"]
@@ -90,6 +93,7 @@ class ResponseCache:
         self.matcher = matcher
         self._semantic_models = frozenset(sem.models)
         self._clock = clock
+        self._warned_at = -1e9
 
     def wants(self, *, deterministic: bool, control: Control | None) -> bool:
         """Is a request with this determinism and control cached at all?"""
@@ -115,6 +119,21 @@ class ResponseCache:
         return CachePlan(key, tenant, model, collection, control != "no-cache", True, semantic)
 
     async def lookup(self, plan: CachePlan) -> Lookup:
+        """What the cache holds for the request (a miss, never an error, when the store fails)."""
+        try:
+            return await self._lookup(plan)
+        except CacheUnavailable as e:
+            self._unavailable(e)
+            return Lookup("miss")
+
+    def _unavailable(self, e: Exception) -> None:
+        metrics.CACHE_ERRORS.inc()
+        now = time.monotonic()
+        if now - self._warned_at > 60:
+            self._warned_at = now
+            log.warning("the response cache is unavailable, answering without it: %s", e)
+
+    async def _lookup(self, plan: CachePlan) -> Lookup:
         if not plan.read:
             metrics.CACHE_REQUESTS.labels("bypass").inc()
             return Lookup("miss")
@@ -170,7 +189,23 @@ class ResponseCache:
         cost_nano: int = 0,
         vector: npt.NDArray[np.float32] | None = None,
     ) -> bool:
-        """Keep an answer just served; False when it is not kept (too large, an error, cut short)."""
+        """Keep an answer just served; False when it is not kept (too large, an error, cut short, the
+        store unavailable)."""
+        try:
+            return await self._keep(plan, body, sources, latency_s, cost_nano, vector)
+        except CacheUnavailable as e:
+            self._unavailable(e)
+            return False
+
+    async def _keep(
+        self,
+        plan: CachePlan,
+        body: dict[str, Any],
+        sources: dict[str, str] | None,
+        latency_s: float,
+        cost_nano: int,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> bool:
         if not plan.write or not _complete(body):
             return False
         size = len(orjson.dumps(body))

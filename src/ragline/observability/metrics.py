@@ -111,3 +111,9 @@ CACHE_EVICTIONS = Counter(
     "Entries evicted to keep the cache within cache.max_entries",
     registry=REGISTRY,
 )
+CACHE_ERRORS = Counter(
+    "ragline_cache_errors_total",
+    "Cache reads and writes that failed (the shared store unreachable); those requests were answered "
+    "without the cache",
+    registry=REGISTRY,
+)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from ragline.access import AccessControl, AccessError
+from ragline.cache.base import CacheStore, CacheUnavailable
 from ragline.cache.memory import MemoryCacheStore
 from ragline.cache.service import CachePlan, ResponseCache
 from ragline.collection import TENANT_SEP
@@ -75,7 +76,7 @@ from ragline.server.protocol import (
 )
 from ragline.server.serving import RAG_PREFIX, ChatService, EmbeddingService
 from ragline.server.tenancy import Tenancy
-from ragline.state.base import StateError
+from ragline.state.base import SharedState, StateError
 from ragline.store.base import AlreadyExists, StoreError
 from ragline.store.base import NotFound as StoreNotFound
 from ragline.types import Answer
@@ -117,7 +118,7 @@ class State:
         self.access = AccessControl(engine.settings)
         self.meter = Meter(self.access, self.deployments_of)
         self.caller = caller_of(engine)
-        self.cache = _build_cache(engine, self.chat)
+        self.cache = _build_cache(engine, self.chat, self.access.state)
         self.ready = False
         self.load_error: str | None = None
         """Why the models failed to load at start-up (then the server never gets ready)."""
@@ -130,8 +131,9 @@ class State:
         return ("local",)
 
 
-def _build_cache(engine: Engine, chat: ChatService) -> CachedChat | None:
-    """The response cache the settings ask for (in this process), or None when it is off."""
+def _build_cache(engine: Engine, chat: ChatService, shared: SharedState) -> CachedChat | None:
+    """The response cache the settings ask for (in this process, or in the shared state's Redis), or
+    None when it is off."""
     settings = engine.settings.cache
     if not settings.enabled:
         return None
@@ -142,11 +144,28 @@ def _build_cache(engine: Engine, chat: ChatService) -> CachedChat | None:
     async def versions(collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
         return await asyncio.to_thread(engine.versions, collection, doc_ids)
 
-    store = MemoryCacheStore(
-        max_entries=settings.max_entries,
-        dim=lambda: engine.embedder.dim,
-        on_evict=metrics.CACHE_EVICTIONS.inc,
-    )
+    kind = settings.store
+    if kind == "auto":
+        kind = "redis" if engine.settings.state.url is not None else "memory"
+    store: CacheStore
+    if kind == "redis":
+        from ragline.cache.redis import RedisCacheStore
+        from ragline.state.redis import RedisState
+
+        if not isinstance(shared, RedisState):
+            raise ConfigError("cache.store: redis needs state.url (the Redis server the cache shares)")
+        store = RedisCacheStore(
+            shared,
+            max_entries=settings.max_entries,
+            dim=lambda: engine.embedder.dim,
+            on_evict=metrics.CACHE_EVICTIONS.inc,
+        )
+    else:
+        store = MemoryCacheStore(
+            max_entries=settings.max_entries,
+            dim=lambda: engine.embedder.dim,
+            on_evict=metrics.CACHE_EVICTIONS.inc,
+        )
     cache = ResponseCache(settings, store, embed=embed, versions=versions)
     return CachedChat(cache, chat, engine.settings.llm.temperature)
 
@@ -184,6 +203,8 @@ def create_app(
             state.ready = True
 
         await state.access.start()  # the record store (migrated) and shared state, before any request
+        if state.cache is not None:
+            await state.cache.cache.backend.start()  # a shared cache: after the state is open
         loader = asyncio.create_task(asyncio.to_thread(load))
         await state.gateway.start()
         yield
@@ -538,6 +559,10 @@ def _ragline_error(e: RaglineError) -> JSONResponse:
     if isinstance(e, StoreError):
         log.error("record store failed: %s", e)
         resp = _error(503, "the record store cannot be reached; retry shortly", "service_unavailable")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    if isinstance(e, CacheUnavailable):
+        resp = _error(503, "the response cache cannot be reached; retry shortly", "service_unavailable")
         resp.headers["Retry-After"] = "5"
         return resp
     if isinstance(e, StateError):
