@@ -1,0 +1,231 @@
+"""Whether a similar stored question may answer a new one: the semantic cache's second check.
+
+The cosine of two question embeddings says "similar", not "same question": on QQP, a plain
+threshold serves wrong answers for pairs that differ in one number, one negation, one name or one
+content word ("How do I learn Python?" / "How do I learn Java?" score 0.6-0.9 with MiniLM). So a
+hit needs both a similarity at or above the threshold and no veto from cheap lexical rules:
+
+- ``number``: the numbers (digits and number words) differ;
+- ``negation``: one question is negated and the other is not;
+- ``opposite``: one question has a word and the other its opposite (best/worst, buy/sell, ...);
+- ``entity``: a name (a capitalised word not at the start, an acronym, a word with digits) of one
+  question is not in the other;
+- ``content``: content words of one question are missing from the other beyond what the
+  similarity allows (the higher the similarity, the more different wording is accepted).
+
+The rules and their constants were chosen on the "tune" half of the QQP pairs and are reported on
+the held-out "test" half (bench/cache_precision.py; docs/BENCHMARKS.md, "Semantic cache
+precision"). Pure Python: a judge costs a few microseconds (token sets are cached per text).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+#: Cosine of the shipped MiniLM at which, with the second check, the QQP tune half reaches its
+#: precision bar (bench/cache_precision.py --split tune).
+DEFAULT_THRESHOLD = 0.90
+
+_TOKEN = re.compile(r"[^\W_]+(?:[.,'’][^\W_]+)*", re.UNICODE)
+_DIGITS = re.compile(r"\d")
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+    "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40",
+    "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+    "first": "1st", "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th",
+    "single": "1", "double": "2", "triple": "3", "half": "0.5", "once": "1x", "twice": "2x",
+}  # fmt: skip
+_NEGATIONS = {
+    "not", "no", "never", "without", "cannot", "nothing", "none", "nobody", "nowhere", "neither",
+    "nor", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "cant", "couldnt",
+    "wont", "wouldnt", "shouldnt", "hasnt", "havent", "hadnt", "aint", "mustnt", "neednt", "non",
+    "unable", "lack",
+}  # fmt: skip
+_OPPOSITES = [
+    ("best", "worst"), ("good", "bad"), ("better", "worse"), ("buy", "sell"),
+    ("advantage", "disadvantage"), ("pro", "con"), ("before", "after"), ("male", "female"),
+    ("man", "woman"), ("men", "women"), ("boy", "girl"), ("husband", "wife"),
+    ("boyfriend", "girlfriend"), ("start", "stop"), ("gain", "lose"), ("increase", "decrease"),
+    ("high", "low"), ("higher", "lower"), ("cheap", "expensive"), ("positive", "negative"),
+    ("most", "least"), ("more", "less"), ("maximum", "minimum"), ("love", "hate"),
+    ("right", "wrong"), ("true", "false"), ("legal", "illegal"), ("possible", "impossible"),
+    ("happy", "sad"), ("rich", "poor"), ("old", "new"), ("old", "young"), ("big", "small"),
+    ("long", "short"), ("fast", "slow"), ("easy", "hard"), ("easy", "difficult"),
+    ("win", "lose"), ("up", "down"), ("in", "out"), ("on", "off"), ("import", "export"),
+    ("input", "output"), ("upload", "download"), ("north", "south"), ("east", "west"),
+    ("past", "future"), ("day", "night"), ("hot", "cold"), ("open", "close"), ("add", "remove"),
+    ("enable", "disable"), ("join", "leave"), ("accept", "reject"), ("learn", "teach"),
+    ("send", "receive"), ("give", "take"), ("lend", "borrow"), ("similar", "different"),
+    ("same", "different"), ("first", "last"), ("pros", "cons"), ("strength", "weakness"),
+]  # fmt: skip
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+#: Words that carry no topic: function words, question words and the filler of questions.
+_STOPWORDS = _words(
+    """a an the and or but if then so than that this these those there here of in on at by for
+    with about as into onto from to up down out over under again further once very too also
+    just only even still ever any some all each every both few many much more most other such
+    own same is am are was were be been being do does did doing done have has had having get
+    gets got getting gotten can could will would shall should may might must need i me my mine
+    myself we us our ours you your yours yourself he him his she her hers it its they them their
+    theirs what which who whom whose when where why how whats whos hows one ones someone
+    something anyone anything thing things way ways really actually possible best good better
+    make makes made making use using used go going know tell explain mean means meaning exactly
+    please think thoughts opinion type kind like get become becomes quora question questions
+    answer answers people person someone"""
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class MatchVerdict:
+    hit: bool
+    similarity: float
+    reason: str | None
+    """Why a similar question was vetoed (e.g. "number differs: 3 vs 4"); None on a hit or a
+    plain miss (similarity under the threshold)."""
+    rule: str | None = None
+    """The rule that vetoed (``number``, ``negation``, ``opposite``, ``entity``, ``content``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    words: frozenset[str]
+    """Every token, folded (lower case, apostrophes dropped, light stemming)."""
+    content: frozenset[str]
+    numbers: frozenset[str]
+    negated: bool
+    entities: frozenset[str]
+
+
+def _stem(word: str) -> str:
+    """A light, deterministic suffix stripper (plural, possessive, -ing, -ed, -ly, final e), so
+    that "advantages" and "advantage", "learning" and "learn", "based" and "base" meet."""
+    if len(word) <= 3 or _DIGITS.search(word):
+        return word
+    for suffix, repl, min_len in (
+        ("ies", "y", 5), ("ied", "y", 5), ("sses", "ss", 5), ("ches", "ch", 5), ("shes", "sh", 5),
+        ("xes", "x", 4), ("ness", "", 6), ("ing", "", 6), ("ed", "", 5), ("ly", "", 5),
+        ("s", "", 4),
+    ):  # fmt: skip
+        if word.endswith(suffix) and len(word) >= min_len and not word.endswith("ss"):
+            word = word[: len(word) - len(suffix)] + repl
+            break
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
+def _opposites() -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for a, b in _OPPOSITES:
+        sa, sb = _stem(a), _stem(b)
+        out.setdefault(sa, set()).add(sb)
+        out.setdefault(sb, set()).add(sa)
+    return {w: frozenset(o) for w, o in out.items()}
+
+
+_OPPOSITE_OF = _opposites()
+
+
+def _fold(token: str) -> str:
+    t = token.lower().replace("’", "'")
+    if t.endswith("'s"):
+        t = t[:-2]
+    return t.replace("'", "").replace(",", "")
+
+
+@lru_cache(maxsize=65536)
+def _question(text: str) -> _Question:
+    raw = _TOKEN.findall(text)
+    folded = [_fold(t) for t in raw]
+    words = {_stem(t) for t in folded}
+    numbers = set()
+    for t in folded:
+        if _DIGITS.search(t):
+            numbers.add(t)
+        elif t in _NUMBER_WORDS:
+            numbers.add(_NUMBER_WORDS[t])
+    negations = sum(1 for t in folded if t in _NEGATIONS)
+    entities = set()
+    for i, (r, f) in enumerate(zip(raw, folded, strict=True)):
+        if f in _STOPWORDS or f in _NUMBER_WORDS:
+            continue
+        if _DIGITS.search(r) and not r.replace(".", "").replace(",", "").isdigit():
+            entities.add(_stem(f))  # iphone7, mp3, x86
+        elif len(r) >= 2 and r.isupper() and r.isalpha():
+            entities.add(_stem(f))  # acronyms: USA, IIT, GST
+        elif i > 0 and r[:1].isupper() and not r.isupper() and raw[i - 1][-1:] not in ".?!":
+            entities.add(_stem(f))  # a capitalised word inside the sentence
+    content = {_stem(t) for t in folded if t not in _STOPWORDS and not _DIGITS.search(t)}
+    return _Question(
+        words=frozenset(words),
+        content=frozenset(content),
+        numbers=frozenset(numbers),
+        negated=negations % 2 == 1,
+        entities=frozenset(entities),
+    )
+
+
+def _show(words: frozenset[str] | set[str]) -> str:
+    return ", ".join(sorted(words)) or "-"
+
+
+class QuestionMatcher:
+    """Judges a nearest stored question: a hit needs the similarity and no veto of the check."""
+
+    def __init__(
+        self,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        check: bool = True,
+        content_slack: float = 0.25,
+        content_base: float = 0.0,
+    ) -> None:
+        """``content_slack``: missing content words allowed per 0.01 of similarity above the
+        threshold; ``content_base``: allowed at the threshold itself (both tuned on QQP)."""
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+        self.threshold = threshold
+        self.check = check
+        self.content_slack = content_slack
+        self.content_base = content_base
+
+    def judge(self, query: str, candidate: str, similarity: float) -> MatchVerdict:
+        if similarity < self.threshold:
+            return MatchVerdict(hit=False, similarity=similarity, reason=None)
+        if not self.check:
+            return MatchVerdict(hit=True, similarity=similarity, reason=None)
+        rule, reason = self.veto(query, candidate, similarity)
+        return MatchVerdict(hit=reason is None, similarity=similarity, reason=reason, rule=rule)
+
+    def veto(self, query: str, candidate: str, similarity: float) -> tuple[str | None, str | None]:
+        """The first rule that vetoes the pair, as (rule, reason); (None, None) when none does."""
+        a, b = _question(query), _question(candidate)
+        if a.numbers != b.numbers:
+            return "number", f"number differs: {_show(a.numbers)} vs {_show(b.numbers)}"
+        if a.negated != b.negated:
+            side = "query" if a.negated else "candidate"
+            return "negation", f"negation differs: only the {side} is negated"
+        for w in a.words - b.words:
+            opposite = _OPPOSITE_OF.get(w, frozenset()) & (b.words - a.words)
+            if opposite:
+                return "opposite", f"opposite words: {w} vs {_show(opposite)}"
+        missing_a = a.entities - b.words
+        missing_b = b.entities - a.words
+        if missing_a or missing_b:
+            return "entity", f"name differs: {_show(missing_a)} vs {_show(missing_b)}"
+        only_a = a.content - b.content
+        only_b = b.content - a.content
+        allowed = self.content_base + self.content_slack * (similarity - self.threshold) * 100
+        if len(only_a) + len(only_b) > allowed:
+            return "content", f"content words differ: {_show(only_a)} vs {_show(only_b)}"
+        return None, None
