@@ -40,12 +40,20 @@ import numpy as np
 import numpy.typing as npt
 
 from bench._common import REPO, SHARED_DATA, percentile, write_result
-from ragline.cache.match import DEFAULT_THRESHOLD, QuestionMatcher
+from ragline.cache.match import DEFAULT_RULES, DEFAULT_THRESHOLD, RULES, QuestionMatcher
 
 DATA = SHARED_DATA / "qqp-pairs" / "dev.jsonl"
 CACHE = REPO / "bench" / ".cache" / "qqp-minilm"
 CHUNK = 2000
-THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
+THRESHOLDS = [round(0.80 + 0.01 * i, 3) for i in range(10)] + [round(0.90 + 0.005 * i, 3) for i in range(20)]
+#: The check's rule sets compared at the default threshold (the first is the default).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_RULES,
+    "number only": ("number",),
+    "default + order": (*DEFAULT_RULES, "order"),
+    "default + content": (*DEFAULT_RULES, "content"),
+    "all rules": RULES,
+}
 
 
 def load_pairs(path: Path = DATA) -> list[dict[str, Any]]:
@@ -208,6 +216,7 @@ def evaluate(rows: list[Lookup], matcher: QuestionMatcher) -> dict[str, Any]:
     return {
         "threshold": matcher.threshold,
         "check": matcher.check,
+        "rules": list(matcher.rules) if matcher.check else [],
         "hits": hits,
         **counts,
         "precision_unknown_excluded": counts["correct"] / known if known else float("nan"),
@@ -232,17 +241,25 @@ def judge_cost(rows: list[Lookup], matcher: QuestionMatcher) -> dict[str, float]
     return out
 
 
+def check_name(r: dict[str, Any]) -> str:
+    if not r["check"]:
+        return "off"
+    name = next((k for k, v in VARIANTS.items() if list(v) == r["rules"]), None)
+    return "on" if name == "default" else f"on: {name or '+'.join(r['rules'])}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| threshold | check | hits | correct | wrong | unknown | precision (unknown excl.) "
-        "| precision (unknown = wrong) | hit rate, duplicate queries |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| precision (unknown = wrong) | hit rate, duplicate queries | correct-hit rate, duplicate queries |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['threshold']:.2f} | {'on' if r['check'] else 'off'} | {r['hits']} | {r['correct']} "
+            f"| {r['threshold']:.3f} | {check_name(r)} | {r['hits']} | {r['correct']} "
             f"| {r['wrong']} | {r['unknown']} | {r['precision_unknown_excluded']:.3f} "
-            f"| {r['precision_unknown_wrong']:.3f} | {r['hit_rate_duplicate_queries']:.3f} |"
+            f"| {r['precision_unknown_wrong']:.3f} | {r['hit_rate_duplicate_queries']:.3f} "
+            f"| {r['correct_hit_rate_duplicate_queries']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -271,10 +288,9 @@ def main() -> None:
     for check in (False, True):
         for t in THRESHOLDS:
             results.append(evaluate(rows, QuestionMatcher(threshold=t, check=check)))
-    default = {
-        str(check): evaluate(rows, QuestionMatcher(threshold=args.threshold, check=check))
-        for check in (False, True)
-    }
+    default = {"off": evaluate(rows, QuestionMatcher(threshold=args.threshold, check=False))}
+    for name, rules in VARIANTS.items():
+        default[name] = evaluate(rows, QuestionMatcher(threshold=args.threshold, rules=rules))
     matcher = QuestionMatcher(threshold=args.threshold)
     wrong = [r for r in rows if r.outcome == "wrong" and matcher.judge(r.query, r.matched, r.similarity).hit]
     random.Random(13).shuffle(wrong)
@@ -287,7 +303,7 @@ def main() -> None:
     print(table(results))
     print("at the default:")
     print(table(list(default.values())))
-    print("vetoed by rule at the default:", default["True"]["vetoed_by_rule"])
+    print("vetoed by rule at the default:", default["default"]["vetoed_by_rule"])
     print("judge cost:", {k: round(v, 1) for k, v in cost.items()})
     if not args.no_write:
         name = f"cache-precision-{args.split}" + (f"-{args.sample}" if args.sample else "")
