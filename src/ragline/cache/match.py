@@ -63,6 +63,8 @@ _OPPOSITES = [
     ("enable", "disable"), ("join", "leave"), ("accept", "reject"), ("learn", "teach"),
     ("send", "receive"), ("give", "take"), ("lend", "borrow"), ("similar", "different"),
     ("same", "different"), ("first", "last"), ("pros", "cons"), ("strength", "weakness"),
+    ("maximize", "minimize"), ("maximise", "minimise"), ("maximum", "minimum"), ("max", "min"),
+    ("overestimate", "underestimate"), ("overrated", "underrated"), ("include", "exclude"),
 ]  # fmt: skip
 
 
