@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 #: Cosine of the shipped MiniLM: with the default rules, the highest hit rate on the QQP tune half
-#: at a precision of at least 0.975 (0.975 at 0.381; bench/cache_precision.py --split tune).
-DEFAULT_THRESHOLD = 0.97
+#: at a precision of at least 0.975 (0.975 at 0.389; bench/cache_precision.py --split tune).
+DEFAULT_THRESHOLD = 0.965
 
 _TOKEN = re.compile(r"[^\W_]+(?:[.,'’][^\W_]+)*", re.UNICODE)
 _DIGITS = re.compile(r"\d")
@@ -213,11 +213,10 @@ def _entity(a: _Question, b: _Question) -> str | None:
 
 
 def _order(a: _Question, b: _Question) -> str | None:
-    shared = a.content & b.content
-    seq_a = [w for w in a.sequence if w in shared]
-    seq_b = [w for w in b.sequence if w in shared]
-    if seq_a != seq_b:
-        return f"word order differs: {' '.join(seq_a)} vs {' '.join(seq_b)}"
+    """The same content words in another order: roles swapped ("Do Indian women find Pakistani
+    men attractive?" / "Do Pakistani women find Indian men attractive?")."""
+    if a.content == b.content and a.sequence != b.sequence:
+        return f"word order differs: {' '.join(a.sequence)} vs {' '.join(b.sequence)}"
     return None
 
 
@@ -230,9 +229,9 @@ _RULES: dict[str, Callable[[_Question, _Question], str | None]] = {
 }
 #: Every rule the check knows, in the order they are tried ("content" last).
 RULES = (*_RULES, "content")
-#: "order" and "content" cost more correct hits than they save wrong ones on the QQP tune half (at
-#: a precision of 0.975 they lower the hit rate); they stay available for stricter deployments.
-DEFAULT_RULES = ("number", "negation", "opposite", "entity")
+#: "content" costs more correct hits than it saves wrong ones on the QQP tune half (at a precision
+#: of 0.975 it lowers the hit rate); it stays available for stricter deployments.
+DEFAULT_RULES = ("number", "negation", "opposite", "entity", "order")
 
 
 class QuestionMatcher:
