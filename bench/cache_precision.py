@@ -235,6 +235,7 @@ def judge_cost(rows: list[Lookup], matcher: QuestionMatcher) -> dict[str, float]
             matcher.veto(r.query, r.matched, r.similarity)
             times.append((time.perf_counter() - t0) * 1e6)
         out[f"{name}_mean_us"] = sum(times) / len(times)
+        out[f"{name}_p50_us"] = percentile(times, 0.5)
         out[f"{name}_p99_us"] = percentile(times, 0.99)
     return out
 

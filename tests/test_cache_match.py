@@ -24,25 +24,39 @@ def cosine(embedder: OnnxEmbedder, a: str, b: str) -> float:
 # Pairs the shipped MiniLM scores at or above the default threshold that ask different things:
 # the threshold alone would serve the wrong answer; the check must veto, for the named rule.
 SIMILAR_BUT_DIFFERENT = [
-    ("What are the best 3 books on Python?", "What are the best 5 books on Python?", "number"),
-    ("What are the top ten movies of 2015?", "What are the top ten movies of 2016?", "number"),
+    ("How do I convert 6.71 SGPA into percentage?", "How do I convert 6.86 SGPA into percentage?", "number"),
+    ("How do I jailbreak iOS 9.1?", "How do I jailbreak iOS 9.3.1?", "number"),
+    ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
     ("Why is Saturn's moon Titan not habitable?", "Why is Saturn's moon Titan habitable?", "negation"),
-    ("What is the best way to buy a used car?", "What is the best way to sell a used car?", "opposite"),
     (
-        "What are the advantages of living in Canada?",
-        "What are the disadvantages of living in Canada?",
+        "What types of planetary configurations and landmasses would maximize the fraction of "
+        "civilizations that develop a detectable technology?",
+        "What types of planetary configurations and landmasses would minimize the fraction of "
+        "civilizations that develop a detectable technology?",
         "opposite",
     ),
-    ("How do I get a job at Google?", "How do I get a job at Microsoft?", "entity"),
-    ("What is the capital of Australia?", "What is the capital of Austria?", "entity"),
+    (
+        "How does the HP OfficeJet 4620 Airprint compare to the HP LaserJet Enterprise M604dn?",
+        "How does the HP OfficeJet 4620 Airprint compare to the HP LaserJet Enterprise M604n?",
+        "number",  # a model name with digits counts as a number
+    ),
+    (
+        "Do Pakistani women find Indian men attractive?",
+        "Do Indian women find Pakistani men attractive?",
+        "order",
+    ),
+    ("How do you convert ethene to ethane?", "How do you convert ethane to ethene?", "order"),
 ]
 
-# Real paraphrases (QQP-style duplicates) above the threshold that the check must let through.
+# Paraphrases (QQP-style duplicates) above the threshold that the check must let through.
 SAME_QUESTION = [
-    ("How can I lose weight quickly?", "How can I lose weight fast?"),
+    ("How do I get rid of acne?", "How can I get rid of acne?"),
     ("What is the best way to learn Python?", "What's the best way to learn Python?"),
     ("How do I improve my English speaking skills?", "How can I improve my English speaking skills?"),
     ("Why do cats purr?", "why do cats purr"),
+    ("How can I make money as a thirteen year old?", "How can I make money as a 13 year old?"),
+    ("Why doesn't my phone charge?", "Why won't my phone charge?"),
+    ("What are the most haunted places in Delhi?", "What are the most haunted place in delhi?"),
 ]
 
 
@@ -77,9 +91,22 @@ def test_the_reason_names_what_differs() -> None:
     m = QuestionMatcher(threshold=0.5)
     assert m.judge("Is 3 a prime?", "Is 4 a prime?", 0.95).reason == "number differs: 3 vs 4"
     assert m.judge("Is three a prime?", "Is 3 a prime?", 0.95).hit  # number words are numbers
-    assert "Java" not in (m.judge("learn Python", "learn Java", 0.95).reason or "Java")
+    reason = m.judge(
+        "How do you convert ethene to ethane?", "How do you convert ethane to ethene?", 0.99
+    ).reason
+    assert reason == "word order differs: convert ethene ethane vs convert ethane ethene"
     reason = m.judge("How do I learn Python?", "How do I learn Java?", 0.95).reason
-    assert reason == "name differs: python vs java"
+    assert reason == "name differs: Python vs Java"
+
+
+def test_a_name_in_one_question_only_vetoes() -> None:
+    # MiniLM itself keeps most such pairs under the threshold (0.51 for these two); the rule is
+    # for longer questions where one name weighs less in the embedding.
+    m = QuestionMatcher(threshold=0.5)
+    verdict = m.judge("How do I get a job at Google?", "How do I get a job at Microsoft?", 0.97)
+    assert (verdict.hit, verdict.rule) == (False, "entity")
+    assert verdict.reason == "name differs: Google vs Microsoft"
+    assert m.judge("How do I get a job at Google?", "how do i get a job at google", 0.97).hit
 
 
 def test_negation_counts_contractions_and_cancels_when_both_are_negated() -> None:
@@ -106,4 +133,9 @@ def test_a_judge_costs_well_under_a_millisecond() -> None:
     for i, q in enumerate(questions):  # cold: every text is new to the token cache
         m.judge(q, questions[i - 1], 0.95)
     per_judge = (time.perf_counter() - t0) / len(questions)
-    assert per_judge < 2e-4, f"{per_judge * 1e6:.0f} us per judge"
+    # About 0.1 ms on an idle core (bench/cache_precision.py reports it); the bar is 1 ms.
+    assert per_judge < 1e-3, f"{per_judge * 1e6:.0f} us per judge"
+    t0 = time.perf_counter()
+    for i, q in enumerate(questions):  # warm: the stored question's token sets are cached
+        m.judge(q, questions[i - 1], 0.95)
+    assert (time.perf_counter() - t0) / len(questions) < per_judge

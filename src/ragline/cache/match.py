@@ -1,21 +1,25 @@
 """Whether a similar stored question may answer a new one: the semantic cache's second check.
 
 The cosine of two question embeddings says "similar", not "same question": on QQP, a plain
-threshold serves wrong answers for pairs that differ in one number, one negation, one name or one
-content word ("How do I learn Python?" / "How do I learn Java?" score 0.6-0.9 with MiniLM). So a
-hit needs both a similarity at or above the threshold and no veto from cheap lexical rules:
+threshold serves wrong answers for pairs that differ in one number, one negation, one name or the
+order of two words ("How do I convert 6.71 SGPA into percentage?" / "... 6.86 ..." score 0.98
+with MiniLM). So a hit needs both a similarity at or above the threshold and no veto from cheap
+lexical rules (on by default unless said otherwise):
 
-- ``number``: the numbers (digits and number words) differ;
-- ``negation``: one question is negated and the other is not;
+- ``number``: the numbers differ (digits, number words, tokens with digits such as "iPhone7");
+- ``negation``: one question is negated and the other is not (not, never, without, n't, ...);
 - ``opposite``: one question has a word and the other its opposite (best/worst, buy/sell, ...);
-- ``entity``: a name (a capitalised word not at the start, an acronym, a word with digits) of one
-  question is not in the other;
-- ``content``: content words of one question are missing from the other beyond what the
-  similarity allows (the higher the similarity, the more different wording is accepted).
+- ``entity``: a name (a capitalised word inside the sentence, an acronym, a word with digits) of
+  one question does not occur in the other;
+- ``order``: the same content words in another order, roles swapped ("Do Indian women find
+  Pakistani men attractive?" / "Do Pakistani women find Indian men attractive?", cosine 0.997);
+- ``content`` (off by default): more content words of one question missing from the other than
+  the similarity allows (``content_base`` at the threshold, ``content_slack`` more per 0.01).
 
-The rules and their constants were chosen on the "tune" half of the QQP pairs and are reported on
-the held-out "test" half (bench/cache_precision.py; docs/BENCHMARKS.md, "Semantic cache
-precision"). Pure Python: a judge costs a few microseconds (token sets are cached per text).
+The rules, the default rule set and the threshold were chosen on the "tune" half of the QQP pairs
+and are reported on the held-out "test" half (bench/cache_precision.py; docs/BENCHMARKS.md,
+"Semantic cache precision"). Pure Python: a judge costs about 50 us with both texts new and
+about 15 us once their token sets are cached (per text, LRU).
 """
 
 from __future__ import annotations
@@ -108,6 +112,16 @@ class _Question:
     negated: bool
     entities: frozenset[str]
     sequence: tuple[str, ...]
+    raw: tuple[str, ...]
+    """The tokens as written, for the reasons (a tuple of strings: the garbage collector skips it)."""
+
+    def shown(self, word: str) -> str:
+        """A folded word as it was first written."""
+        for r in self.raw:
+            if _stem(_fold(r)) == word:
+                return r
+        return word
+
     """The content words in the order they first occur."""
 
 
@@ -178,11 +192,14 @@ def _question(text: str) -> _Question:
         negated=negations % 2 == 1,
         entities=frozenset(entities),
         sequence=sequence,
+        raw=tuple(raw),
     )
 
 
-def _show(words: frozenset[str] | set[str]) -> str:
-    return ", ".join(sorted(words)) or "-"
+def _show(words: frozenset[str] | set[str] | tuple[str, ...], q: _Question | None = None) -> str:
+    if isinstance(words, tuple):
+        return " ".join(q.shown(w) if q else w for w in words)
+    return ", ".join(sorted(q.shown(w) if q else w for w in words)) or "-"
 
 
 def _number(a: _Question, b: _Question) -> str | None:
@@ -201,14 +218,14 @@ def _opposite(a: _Question, b: _Question) -> str | None:
     for w in sorted(a.words - b.words):
         opposite = _OPPOSITE_OF.get(w, frozenset()) & (b.words - a.words)
         if opposite:
-            return f"opposite words: {w} vs {_show(opposite)}"
+            return f"opposite words: {a.shown(w)} vs {_show(opposite, b)}"
     return None
 
 
 def _entity(a: _Question, b: _Question) -> str | None:
     missing_a, missing_b = a.entities - b.words, b.entities - a.words
     if missing_a or missing_b:
-        return f"name differs: {_show(missing_a)} vs {_show(missing_b)}"
+        return f"name differs: {_show(missing_a, a)} vs {_show(missing_b, b)}"
     return None
 
 
@@ -216,7 +233,7 @@ def _order(a: _Question, b: _Question) -> str | None:
     """The same content words in another order: roles swapped ("Do Indian women find Pakistani
     men attractive?" / "Do Pakistani women find Indian men attractive?")."""
     if a.content == b.content and a.sequence != b.sequence:
-        return f"word order differs: {' '.join(a.sequence)} vs {' '.join(b.sequence)}"
+        return f"word order differs: {_show(a.sequence, a)} vs {_show(b.sequence, b)}"
     return None
 
 
@@ -282,5 +299,5 @@ class QuestionMatcher:
         only_b = b.content - a.content
         allowed = self.content_base + self.content_slack * (similarity - self.threshold) * 100
         if len(only_a) + len(only_b) > allowed:
-            return "content", f"content words differ: {_show(only_a)} vs {_show(only_b)}"
+            return "content", f"content words differ: {_show(only_a, a)} vs {_show(only_b, b)}"
         return None, None
