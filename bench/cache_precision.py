@@ -20,7 +20,7 @@ subsampling), so no question text is in both halves. Each half is its own cache.
     .venv/bin/python -m bench.cache_precision --split all --sample 5000   # the issue's sample
 
 Embeddings of the QQP texts are cached under bench/.cache/qqp-minilm/ (ignored by git): the first
-run embeds 69k questions (about 8 minutes on 2 cores), later runs take seconds.
+run embeds 69k questions (about 15 minutes on 2 busy cores), later runs take seconds.
 """
 
 from __future__ import annotations

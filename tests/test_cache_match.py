@@ -121,9 +121,21 @@ def test_check_off_trusts_the_threshold() -> None:
     assert m.judge("Is 3 a prime?", "Is 4 a prime?", 0.95) == MatchVerdict(True, 0.95, None)
 
 
-def test_threshold_outside_cosine_range_is_refused() -> None:
+def test_threshold_outside_cosine_range_and_unknown_rules_are_refused() -> None:
     with pytest.raises(ValueError, match="threshold"):
         QuestionMatcher(threshold=1.5)
+    with pytest.raises(ValueError, match="unknown rules \\['numbers'\\]"):
+        QuestionMatcher(rules=("numbers",))
+
+
+def test_the_optional_content_rule_allows_more_different_words_the_closer_the_cosine() -> None:
+    m = QuestionMatcher(threshold=0.9, rules=("content",))  # 1 word at 0.90, 1 more per 0.01
+    query, candidate = "How do I cook brown rice?", "How do I cook white basmati rice?"  # 3 differ
+    verdict = m.judge(query, candidate, 0.91)
+    assert (verdict.hit, verdict.rule) == (False, "content")
+    assert verdict.reason == "content words differ: brown vs basmati, white"
+    assert m.judge(query, candidate, 0.92).hit
+    assert QuestionMatcher(threshold=0.9).judge(query, candidate, 0.91).hit  # off by default
 
 
 def test_a_judge_costs_well_under_a_millisecond() -> None:

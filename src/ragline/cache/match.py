@@ -264,7 +264,8 @@ class QuestionMatcher:
         content_base: float = 1.0,
     ) -> None:
         """``content_slack``: missing content words allowed per 0.01 of similarity above the
-        threshold; ``content_base``: allowed at the threshold itself (both tuned on QQP)."""
+        threshold; ``content_base``: allowed at the threshold itself (the best of a coarse grid on the
+        QQP tune half; the rule is off by default)."""
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold}")
         unknown = set(rules) - set(RULES)
