@@ -66,5 +66,11 @@ class InProcessState:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._values[key] = (value, time.monotonic() + ttl_s if ttl_s is not None else None)
 
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        if await self.get(key) is not None:  # no await point between the check and the write below
+            return False
+        self._values[key] = (value, time.monotonic() + ttl_s)
+        return True
+
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
