@@ -157,6 +157,68 @@ async def test_one_replica_trips_every_replica_fails_fast_one_probe_closes_all(
         assert [await answer(a), await answer(b)] == [inst, inst]
 
 
+class CountingState(InProcessState):
+    """The in-process state, counting every call the gateway makes on it (fault injection's kin)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    async def publish(self, channel: str, message: str) -> None:
+        self.ops.append("publish")
+        await super().publish(channel, message)
+
+    async def get(self, key: str) -> bytes | None:
+        self.ops.append("get")
+        return await super().get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self.ops.append("set")
+        await super().set(key, value, ttl_s)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        self.ops.append("set_if_absent")
+        return await super().set_if_absent(key, value, ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self.ops.append("delete")
+        await super().delete(key)
+
+
+async def test_closed_and_open_breakers_cost_no_shared_state_call(
+    upstream: str,  # noqa: F811
+) -> None:
+    """Only transitions touch the shared state: not a request on a closed breaker, nor one refused
+    by an open breaker; the probe's claim is the one call a half-open breaker makes."""
+    inst = "quiet"
+    state = CountingState()
+    router = build_router(gateway_settings(upstream, inst), _no_local, state=state)
+    await router.start()
+    try:
+        faults(upstream, inst)
+        state.ops.clear()  # start-up read the open breakers
+        assert await asyncio.gather(*(answer(router) for _ in range(50))) == [inst] * 50
+        await asyncio.sleep(0.05)
+        assert state.ops == []  # closed: nothing
+        faults(upstream, inst, {"mode": "status", "status": 500, "count": -1})
+        await answer(router)
+        await answer(router)
+        await asyncio.sleep(0.05)
+        assert state.ops == ["publish", "set"]  # the trip: the message and the key
+        state.ops.clear()
+        assert await asyncio.gather(*(answer(router) for _ in range(50))) == [f"{inst}-fb"] * 50
+        await asyncio.sleep(0.05)
+        assert state.ops == []  # open: refused locally
+        await asyncio.sleep(COOLDOWN)
+        faults(upstream, inst)
+        assert await answer(router) == inst
+        await asyncio.sleep(0.05)
+        # the claim, then the close: the message, the key and the claim deleted
+        assert state.ops == ["set_if_absent", "publish", "delete", "delete"]
+    finally:
+        await router.aclose()
+
+
 async def test_a_failed_probe_opens_every_replica_for_another_cooldown(
     kind: str,
     upstream: str,  # noqa: F811

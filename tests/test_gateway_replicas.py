@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import httpx
@@ -91,9 +91,9 @@ async def answers(bases: list[str], n: int) -> list[str]:
     return [str(r.json()["choices"][0]["message"]["content"]).removeprefix("hello from ") for r in rs]
 
 
-def within(seconds: float, check: object) -> float:
+def within(seconds: float, check: Callable[[], bool]) -> float:
     t = time.monotonic()
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() - t < seconds, f"not within {seconds} s"
         time.sleep(0.01)
     return time.monotonic() - t

@@ -54,6 +54,9 @@ class InProcessState:
                     del self._channels[channel]
 
     async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    def _live(self, key: str) -> bytes | None:
         found = self._values.get(key)
         if found is None:
             return None
@@ -67,7 +70,7 @@ class InProcessState:
         self._values[key] = (value, time.monotonic() + ttl_s if ttl_s is not None else None)
 
     async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
-        if await self.get(key) is not None:  # no await point between the check and the write below
+        if self._live(key) is not None:  # no await between the check and the write: atomic
             return False
         self._values[key] = (value, time.monotonic() + ttl_s)
         return True
