@@ -23,7 +23,7 @@ import pytest
 
 from ragline.config import Settings
 from ragline.gateway import Router, build_router
-from ragline.gateway.breaker import BreakerState
+from ragline.gateway.breaker import BreakerEvent, BreakerState, CircuitBreaker
 from ragline.gateway.errors import NoDeploymentAvailable
 from ragline.state import InProcessState, SharedState
 from ragline.state.redis import RedisState
@@ -97,6 +97,42 @@ async def until(check: Callable[[], bool], within: float) -> float:
         assert time.monotonic() - t < within, f"not within {within} s"
         await asyncio.sleep(0.005)
     return time.monotonic() - t
+
+
+def test_breaker_events_are_only_this_processs_own_transitions() -> None:
+    now = [100.0]
+    changes: list[BreakerState] = []
+    events: list[BreakerEvent] = []
+    b = CircuitBreaker(consecutive_failures=2, cooldown=10.0, clock=lambda: now[0], on_change=changes.append)
+    b.on_event = events.append
+    b.open_for(3.0)  # another replica tripped: open for what is left of its cooldown
+    assert b.state is BreakerState.OPEN and b.retry_in() == 3.0 and not b.available()
+    now[0] += 3.0
+    assert b.acquire() and b.probing  # half-open: this caller holds the probe
+    b.release()  # it ended without an outcome
+    assert events == [BreakerEvent.PROBE_RELEASED] and not b.probing
+    b.close()  # another replica's probe succeeded
+    assert b.state is BreakerState.CLOSED and events == [BreakerEvent.PROBE_RELEASED]
+    b.release()  # on a closed breaker: nothing to tell
+    assert b.acquire() and not b.probing
+    b.record_failure()
+    b.record_failure()
+    assert events[-1] is BreakerEvent.TRIPPED and b.retry_in() == 10.0
+    now[0] += 10.0
+    assert b.acquire()
+    b.record_success()
+    assert events[-1] is BreakerEvent.CLOSED and len(events) == 3
+    b.open_for(99.0)  # never longer than this replica's own cooldown
+    assert b.retry_in() == 10.0
+    assert changes == [
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+        BreakerState.OPEN,
+    ]  # the gauge hears every change, whoever caused it
 
 
 @asynccontextmanager

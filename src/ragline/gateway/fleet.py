@@ -182,7 +182,8 @@ class Fleet:
     async def _free_claim(self, name: str) -> None:
         self._claimed.discard(name)
         with contextlib.suppress(Exception):  # or it expires by its TTL
-            await self._state.delete(f"probe:{name}")
+            async with asyncio.timeout(CLAIM_TIMEOUT_S * 4):
+                await self._state.delete(f"probe:{name}")
 
     # -- the fleet -> this replica ---------------------------------------------------------------
 
