@@ -47,13 +47,17 @@ def replicas(
                     "model": "x",
                     "health_check": False,
                 },
+                # nothing listens on port 9: every connect is refused; probed, once at start-up
+                {"name": "dead", "base_url": "http://127.0.0.1:9/v1", "model": "x", "health_check": True},
             ],
             "models": {
                 "m": {"deployments": ["flaky"], "fallbacks": ["fb"]},
+                "d": {"deployments": ["dead"], "fallbacks": ["fb"]},
                 "fb": {"deployments": ["backup"]},
             },
             "retry": {"max_attempts": 1},
             "breaker": {"consecutive_failures": 2, "cooldown_s": COOLDOWN},
+            "health": {"interval_s": 3600, "passive_failures": 2},
         }
     }
     (tmp / "ragline.yaml").write_text(yaml.safe_dump(config))
@@ -66,6 +70,12 @@ def replicas(
         yield [stack.enter_context(ragline_process(tmp / f"r{i}", env=env))[1] for i in range(2)]
 
 
+def metric(base: str, pattern: str) -> float:
+    """The value of the first sample in /metrics matching ``pattern`` (0 when none)."""
+    m = re.search(r"^" + pattern + r" (\S+)$", httpx.get(base + "/metrics").text, re.M)
+    return float(m.group(1)) if m is not None else 0.0
+
+
 def gauge(base: str) -> int:
     """Replica's ragline_breaker_state for ``flaky`` (0 closed, 1 half-open, 2 open)."""
     text = httpx.get(base + "/metrics").text
@@ -74,13 +84,13 @@ def gauge(base: str) -> int:
     return int(float(m.group(1)))
 
 
-async def answers(bases: list[str], n: int) -> list[str]:
+async def answers(bases: list[str], n: int, model: str = "m") -> list[str]:
     """``n`` concurrent requests on each replica; who answered each (the upstream instance)."""
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=2 * n)) as client:
         rs = await asyncio.gather(
             *(
                 client.post(
-                    base + "/v1/chat/completions", json={"model": "m", "messages": MSG, "max_tokens": 3}
+                    base + "/v1/chat/completions", json={"model": model, "messages": MSG, "max_tokens": 3}
                 )
                 for _ in range(n)
                 for base in bases
@@ -124,3 +134,16 @@ def test_a_breaker_opened_on_one_replica_opens_on_both_and_one_probe_closes_both
     within(1.0, lambda: gauge(a) == gauge(b) == 0)  # the probe's success closed both
     faults(upstream, INST)
     assert asyncio.run(answers([a, b], 1)) == [INST, INST]
+
+
+def test_connect_failures_on_one_replica_take_the_deployment_out_on_both(replicas: list[str]) -> None:
+    """Passive health: two refused connects on A take ``dead`` out of rotation on A and on B;
+    B's requests then go to the fallback without trying it (B counts no connect error for it)."""
+    a, b = replicas
+    connects = r'ragline_upstream_errors_total\{deployment="dead",kind="connect"\}'
+    assert asyncio.run(answers([a], 1, "d")) == [f"{INST}-fb"]
+    assert asyncio.run(answers([a], 1, "d")) == [f"{INST}-fb"]
+    assert metric(a, connects) == 2
+    time.sleep(1.0)  # the message has long arrived (B's breaker opened in tens of ms above)
+    assert asyncio.run(answers([b], 10, "d")) == [f"{INST}-fb"] * 10
+    assert metric(b, connects) == 0, "B tried the deployment A took out of rotation"
