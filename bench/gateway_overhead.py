@@ -681,6 +681,11 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="an earlier result JSON to keep as the 'before' figures")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     ap.add_argument(
+        "--result-name",
+        default="gateway_overhead",
+        help="bench/results/NAME.json (a partial run: another name)",
+    )
+    ap.add_argument(
         "--ragline-before",
         type=Path,
         help="another checkout (e.g. a git worktree of an older commit): adds a 'ragline-before' target "
@@ -782,7 +787,7 @@ def main() -> None:
         }
     if not args.no_write:
         command = "python -m bench.gateway_overhead " + " ".join(sys.argv[1:])
-        print(f"wrote {write_result('gateway_overhead', command.strip(), result)}")
+        print(f"wrote {write_result(args.result_name, command.strip(), result)}")
     else:
         out = tmp.parent / (tmp.name + ".json")
         out.write_text(json.dumps(result, indent=2))

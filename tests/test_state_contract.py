@@ -73,6 +73,19 @@ async def test_values_with_ttl(state: SharedState) -> None:
     assert await state.get("a") is None and await state.get("never") is None
 
 
+async def test_set_if_absent_is_won_by_exactly_one_of_many_and_expires(state: SharedState) -> None:
+    won = await asyncio.gather(*(state.set_if_absent("claim", str(i).encode(), 0.3) for i in range(20)))
+    assert won.count(True) == 1
+    assert await state.get("claim") == str(won.index(True)).encode()  # the winner's value
+    assert not await state.set_if_absent("claim", b"late", 0.3)
+    await asyncio.sleep(0.45)  # expired: free to claim again
+    assert await state.set_if_absent("claim", b"again", 0.3)
+    await state.delete("claim")
+    assert await state.set_if_absent("claim", b"after delete", 5)
+    await state.set("plain", b"x")  # a value set without a TTL counts as present too
+    assert not await state.set_if_absent("plain", b"y", 5) and await state.get("plain") == b"x"
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_200_concurrent_hits_on_a_limit_of_60_admit_exactly_60(
     state: SharedState, strategy: str

@@ -10,6 +10,7 @@ Module map (one concern each):
 - ``breaker``: the per-deployment circuit breaker.
 - ``retry``: which failures are retried, backoff with full jitter, Retry-After, the deadline.
 - ``health``: active probes and passive failure tracking.
+- ``fleet``: breaker transitions and passive health shared across replicas (``ragline.state``).
 - ``rules``: routing by task type, prompt size and cost tier.
 - ``member``: a deployment plus the live state the router reads.
 - ``router``: the request path through groups, retries and fallbacks; metrics.

@@ -7,6 +7,10 @@ once (a few attribute reads, no I/O) until ``cooldown`` has passed. Half-open: e
 one request (the probe) is let through; its success closes the breaker, its failure
 opens it for another cooldown. All state changes happen on the event loop thread, so no
 locks are needed.
+
+Across replicas (``gateway/fleet.py``): ``on_event`` hears the transitions this process's own
+outcomes caused (tripped, closed by a probe, probe released), which the fleet broadcasts;
+``open_for`` and ``close`` apply what another replica's breaker did. Neither does I/O here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class BreakerState(IntEnum):
@@ -23,6 +27,17 @@ class BreakerState(IntEnum):
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
+
+
+class BreakerEvent(Enum):
+    """A transition caused by this process's own outcomes (what the fleet broadcasts)."""
+
+    TRIPPED = "tripped"
+    """Opened (from closed, or a failed probe): open for a full cooldown from now."""
+    CLOSED = "closed"
+    """A request succeeded while not closed (the probe): closed."""
+    PROBE_RELEASED = "probe_released"
+    """The half-open probe ended without an outcome (client gone, 429): another may probe."""
 
 
 class CircuitBreaker:
@@ -39,6 +54,7 @@ class CircuitBreaker:
         "cooldown",
         "failure_rate",
         "min_requests",
+        "on_event",
     )
 
     def __init__(
@@ -64,6 +80,8 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self.on_event: Callable[[BreakerEvent], None] | None = None
+        """Told of the transitions this process's outcomes cause (not of ``open_for``/``close``)."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -81,6 +99,11 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN and self._clock() - self._opened_at < self.cooldown:
             return False
         return not self._probe_in_flight
+
+    @property
+    def probing(self) -> bool:
+        """Not closed, and the half-open probe is out (after ``acquire``: the caller holds it)."""
+        return self._probe_in_flight and self._state is not BreakerState.CLOSED
 
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a probe through (0 when it would now)."""
@@ -106,6 +129,7 @@ class CircuitBreaker:
             self._probe_in_flight = False
             self._reset()
             self._set(BreakerState.CLOSED)
+            self._emit(BreakerEvent.CLOSED)
             return
         self._consecutive = 0
         self._push(False)
@@ -125,7 +149,28 @@ class CircuitBreaker:
 
     def release(self) -> None:
         """The request ended without telling anything (cancelled by the client): free the probe slot."""
+        if self._probe_in_flight:
+            self._probe_in_flight = False
+            if self._state is not BreakerState.CLOSED:
+                self._emit(BreakerEvent.PROBE_RELEASED)
+
+    # -- what another replica's breaker did ------------------------------------------------
+
+    def open_for(self, seconds: float) -> None:
+        """Open now, letting a probe through after ``seconds`` (at most a cooldown); no event."""
+        seconds = min(max(seconds, 0.0), self.cooldown)
         self._probe_in_flight = False
+        self._reset()
+        self._opened_at = self._clock() - (self.cooldown - seconds)
+        self._set(BreakerState.OPEN)
+
+    def close(self) -> None:
+        """Closed (another replica's probe succeeded); no event."""
+        if self._state is BreakerState.CLOSED:
+            return
+        self._probe_in_flight = False
+        self._reset()
+        self._set(BreakerState.CLOSED)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -145,6 +190,11 @@ class CircuitBreaker:
         self._opened_at = self._clock()
         self._reset()
         self._set(BreakerState.OPEN)
+        self._emit(BreakerEvent.TRIPPED)
+
+    def _emit(self, event: BreakerEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
     def _set(self, state: BreakerState) -> None:
         changed = state is not self._state

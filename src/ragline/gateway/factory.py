@@ -14,6 +14,7 @@ from ragline.errors import ConfigError
 from ragline.gateway.balancer import build_balancer
 from ragline.gateway.breaker import BreakerState, CircuitBreaker
 from ragline.gateway.deployment import Deployment, Timeouts
+from ragline.gateway.fleet import Fleet
 from ragline.gateway.health import HealthChecker, HealthState
 from ragline.gateway.local import LocalDeployment, ThreadRunner
 from ragline.gateway.member import Member
@@ -22,15 +23,22 @@ from ragline.gateway.router import ModelGroup, Router
 from ragline.gateway.rules import Rule, RuleSet
 from ragline.gateway.upstream import OpenAIDeployment
 from ragline.observability.metrics import BREAKER_STATE
+from ragline.state.base import SharedState
 
 
 def build_router(
-    settings: Settings, local_llm: Callable[[], LLM], *, run_in_thread: ThreadRunner | None = None
+    settings: Settings,
+    local_llm: Callable[[], LLM],
+    *,
+    run_in_thread: ThreadRunner | None = None,
+    state: SharedState | None = None,
 ) -> Router:
     """The gateway described by ``settings.gateway``.
 
     ``local_llm`` gives the embedded model when a kind=local deployment first needs it;
-    ``run_in_thread`` runs its blocking calls (default: ``asyncio.to_thread``).
+    ``run_in_thread`` runs its blocking calls (default: ``asyncio.to_thread``); ``state``: breaker
+    transitions and passive health are shared through it with every router on the same state
+    (``fleet.py``; None: this router's own).
     """
     gw = settings.gateway
     reserved = settings.server.local_model
@@ -52,14 +60,14 @@ def build_router(
             on_change=_breaker_gauge(d.name),
         )
         BREAKER_STATE.labels(deployment=d.name).set(int(BreakerState.CLOSED))
-        state = HealthState(
+        health_state = HealthState(
             probed=d.kind == "openai" and d.health_check and health.interval_s > 0,
             unhealthy_after=health.unhealthy_after,
             healthy_after=health.healthy_after,
             passive_failures=health.passive_failures,
         )
         deployment = _deployment(d, local_llm, settings.llm, run_in_thread)
-        members[d.name] = Member(deployment, breaker, state, weight=d.weight)
+        members[d.name] = Member(deployment, breaker, health_state, weight=d.weight)
     groups = {
         name: ModelGroup(
             name=name,
@@ -99,6 +107,7 @@ def build_router(
         deadline=gw.deadline_s,
         health=checker,
         deployments=[m.deployment for m in members.values()],
+        fleet=Fleet(state, list(members.values())) if state is not None and members else None,
     )
 
 

@@ -7,6 +7,10 @@ failures on real requests take a probed deployment out after ``passive_failures`
 row, without waiting for the next probe; the probes bring it back. Deployments that are
 not probed are never taken out by health (their circuit breaker still guards them), since
 nothing would bring them back.
+
+Across replicas (``gateway/fleet.py``): ``on_passive_down`` hears this process's passive
+take-outs, which the fleet broadcasts; ``mark_unhealthy`` applies another replica's. Each
+replica's own probes bring a deployment back.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ragline.gateway.deployment import Deployment
@@ -30,6 +34,7 @@ class HealthState:
         "_passive",
         "healthy",
         "healthy_after",
+        "on_passive_down",
         "passive_failures",
         "probed",
         "unhealthy_after",
@@ -46,6 +51,8 @@ class HealthState:
         self._bad_probes = 0
         self._good_probes = 0
         self._passive = 0
+        self.on_passive_down: Callable[[], None] | None = None
+        """Told when this process's connect failures take the deployment out of rotation."""
 
     def record_probe(self, ok: bool) -> None:
         if ok:
@@ -66,6 +73,14 @@ class HealthState:
             return
         self._passive += 1
         if self.probed and self._passive >= self.passive_failures:
+            was = self.healthy
+            self.mark_unhealthy()
+            if was and self.on_passive_down is not None:
+                self.on_passive_down()
+
+    def mark_unhealthy(self) -> None:
+        """Out of rotation until the probes bring it back (a deployment nobody probes stays in)."""
+        if self.probed:
             self.healthy = False
             self._good_probes = 0
 

@@ -46,6 +46,7 @@ from ragline.gateway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ragline.gateway.fleet import Fleet
 from ragline.gateway.health import HealthChecker
 from ragline.gateway.member import Member
 from ragline.gateway.retry import Deadline, RetryPolicy
@@ -103,6 +104,7 @@ class Router:
         deadline: float = 120.0,
         health: HealthChecker | None = None,
         deployments: Sequence[Deployment] = (),
+        fleet: Fleet | None = None,
     ) -> None:
         self._groups = dict(groups)
         self._rules = rules or RuleSet([], list(self._groups))
@@ -110,6 +112,8 @@ class Router:
         self._deadline = deadline
         self._health = health
         self._deployments = tuple(deployments)
+        self.fleet = fleet
+        """Shares breaker transitions and passive health with the other replicas (``fleet.py``)."""
 
     # -- names ----------------------------------------------------------------------------
 
@@ -150,13 +154,17 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the active health probes (call from the running event loop)."""
+        """Start the active health probes and the fleet's subscriber (call from the running event loop)."""
+        if self.fleet is not None:
+            await self.fleet.start()
         if self._health is not None:
             self._health.start()
 
     async def aclose(self) -> None:
         if self._health is not None:
             await self._health.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await asyncio.gather(*(d.aclose() for d in self._deployments), return_exceptions=True)
 
     # -- serving ----------------------------------------------------------------------------
@@ -240,7 +248,13 @@ class Router:
         requested = str(body.get("model") or "")
         target = self.resolve(requested, headers, body)
         return _Call(
-            self._groups, self._retry, requested, target, body, Deadline(self._deadline_for(headers))
+            self._groups,
+            self._retry,
+            requested,
+            target,
+            body,
+            Deadline(self._deadline_for(headers)),
+            self.fleet,
         )
 
     def _deadline_for(self, headers: Mapping[str, str]) -> float:
@@ -265,6 +279,7 @@ class _Call:
         "deadline",
         "delay",
         "errors",
+        "fleet",
         "group_done",
         "groups",
         "idx",
@@ -283,8 +298,10 @@ class _Call:
         target: str,
         body: dict[str, Any],
         deadline: Deadline,
+        fleet: Fleet | None = None,
     ) -> None:
         self.groups = groups
+        self.fleet = fleet
         self.policy = policy
         self.requested = requested
         self.body = body
@@ -342,6 +359,13 @@ class _Call:
             if not member.breaker.acquire():  # cannot happen between available() and here; be safe
                 self._next_group()
                 continue
+            # the half-open probe (never the closed path): one at a time across the replicas
+            if (
+                self.fleet is not None
+                and member.breaker.probing
+                and not await self.fleet.claim_probe(member, self.deadline.remaining() + 1.0)
+            ):
+                continue  # another replica probes: this one holds its breaker open meanwhile
             self.attempts += 1
             if self.attempts > 1:
                 RETRIES.labels(model=group.name, deployment=member.name).inc()

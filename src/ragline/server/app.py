@@ -88,9 +88,14 @@ log = logging.getLogger("ragline.server")
 class State:
     def __init__(self, engine: Engine, local_model: str) -> None:
         self.engine = engine
-        # the gateway's model names, routed to upstream (and local) deployments
+        self.access = AccessControl(engine.settings)
+        # the gateway's model names, routed to upstream (and local) deployments; its breakers and
+        # passive health shared with the other replicas through the access layer's shared state
         self.gateway = build_gateway(
-            engine.settings, lambda: engine.llm, run_in_thread=lambda fn: model_threads.run_model(engine, fn)
+            engine.settings,
+            lambda: engine.llm,
+            run_in_thread=lambda fn: model_threads.run_model(engine, fn),
+            state=self.access.state,
         )
         self.chat = ChatService(engine, local_model, self.gateway)
         s = engine.settings.server
@@ -115,7 +120,6 @@ class State:
         # Async jobs on the local model take at most n_parallel - 1 of its slots: one is always left
         # to synchronous requests, however many jobs are queued (with one slot, jobs and requests share it).
         self.async_local_slots = asyncio.Semaphore(max(1, engine.settings.llm.n_parallel - 1))
-        self.access = AccessControl(engine.settings)
         self.meter = Meter(self.access, self.deployments_of)
         self.caller = caller_of(engine)
         self.cache = _build_cache(engine, self.chat, self.access.state)

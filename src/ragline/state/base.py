@@ -45,4 +45,8 @@ class SharedState(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
 
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Set ``key`` only when it holds no (unexpired) value, atomically across replicas: True when
+        this call set it. A claim that only one replica wins (the gateway's half-open probe)."""
+
     async def delete(self, key: str) -> None: ...

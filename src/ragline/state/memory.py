@@ -54,6 +54,9 @@ class InProcessState:
                     del self._channels[channel]
 
     async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    def _live(self, key: str) -> bytes | None:
         found = self._values.get(key)
         if found is None:
             return None
@@ -65,6 +68,12 @@ class InProcessState:
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._values[key] = (value, time.monotonic() + ttl_s if ttl_s is not None else None)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        if self._live(key) is not None:  # no await between the check and the write: atomic
+            return False
+        self._values[key] = (value, time.monotonic() + ttl_s)
+        return True
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)

@@ -165,6 +165,10 @@ class RedisState:
         px = max(1, int(ttl_s * 1000)) if ttl_s is not None else None
         await self._redis.set(self._key(key), value, px=px)
 
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        # SET NX PX: one atomic command, whoever comes second gets None
+        return bool(await self._redis.set(self._key(key), value, px=max(1, int(ttl_s * 1000)), nx=True))
+
     async def delete(self, key: str) -> None:
         await self._redis.delete(self._key(key))
 
