@@ -8,7 +8,9 @@ evenly spaced, are answered in extractive mode (deterministic, and fast on these
 in a ``ResponseCache`` (the in-process store, the shipped threshold and second check). Then each
 question is rewritten by the rules below, and every rewrite is looked up. For each semantic hit the
 rewrite is answered afresh too, and the two are compared: the same cited documents (as a set; two
-"not found" answers agree) is a correct hit. Reported per set and rule: rewrites, hits, agreement.
+"not found" answers agree) is a correct hit. Reported per set and rule: rewrites, hits, agreement,
+and two looser readings beside it: the hit matched the very question the rewrite came from
+(``own``), and the fresh answer's first citation is the cached one's (``first_agree``).
 The bar: agreement in >= 99% of hits.
 
 The rules are the cache benchmark's own rewrites of a question, meaning kept:
@@ -104,6 +106,7 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
                     {"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": "stop"}
                 ],
                 "cited": cited(a),
+                "first": a.citations[0].doc_id if a.found and a.citations else None,
             }
 
         async def main() -> dict[str, Any]:
@@ -128,7 +131,7 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
             rows: dict[str, dict[str, Any]] = {}
             wrong: list[dict[str, Any]] = []
             for rule, rewrite in RULES.items():
-                row = {"rewrites": 0, "hits": 0, "semantic_hits": 0, "agree": 0}
+                row = {"rewrites": 0, "hits": 0, "semantic_hits": 0, "agree": 0, "own": 0, "first_agree": 0}
                 for q in questions:
                     p = rewrite(q)
                     if p == q:
@@ -139,7 +142,15 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
                         continue
                     row["hits"] += 1
                     row["semantic_hits"] += found.status == "semantic-hit"
-                    fresh = cited(await asyncio.to_thread(answer, p))
+                    row["own"] += found.entry.question == q.strip()
+                    fresh_answer = await asyncio.to_thread(answer, p)
+                    fresh = cited(fresh_answer)
+                    first = (
+                        fresh_answer.citations[0].doc_id
+                        if fresh_answer.found and fresh_answer.citations
+                        else None
+                    )
+                    row["first_agree"] += first == found.entry.body["first"]
                     if fresh == found.entry.body["cited"]:
                         row["agree"] += 1
                     elif len(wrong) < 20:
@@ -158,7 +169,11 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
             await cache.close()
             hits = sum(r["hits"] for r in rows.values())
             agree = sum(r["agree"] for r in rows.values())
+            own = sum(r["own"] for r in rows.values())
+            first_agree = sum(r["first_agree"] for r in rows.values())
             return {
+                "own_question": own / hits if hits else None,
+                "first_citation_agreement": first_agree / hits if hits else None,
                 "questions": len(questions),
                 "store_s": store_s,
                 "rules": rows,
