@@ -10,7 +10,11 @@
    ``hit`` (the same request at temperature 0, answered from the cache after its first time).
    Latency P50/P99 and the server's CPU per request. The bar (issue 13): an exact hit costs at
    most 0.3 ms over the fast path, read as hit P50 - direct P50 <= proxied P50 - direct P50 + 0.3.
-2. **Semantic lookups in process.** ``ResponseCache`` over ``MemoryCacheStore``, ``--entries``
+2. **A RAG semantic hit against a miss, end to end.** ``ragline serve`` with the xquad-en corpus
+   ingested (../shared/data), ``--rag-questions`` of its questions asked once (misses: retrieval
+   and a generated answer of at most 64 tokens with the local model), then each again in lower case
+   without its question mark (semantic hits). P50/P99 of each.
+3. **Semantic lookups in process.** ``ResponseCache`` over ``MemoryCacheStore``, ``--entries``
    entries in one scope (one tenant, one collection, the same parameters: the hardest case, all of
    them candidates): ``--lookups`` real questions (the first questions of
    ../shared/data/qqp-pairs, embedded with the shipped MiniLM) are stored among unit vectors drawn
@@ -108,6 +112,74 @@ def _measure(mock: Server, rag: Server, requests: int, rounds: int) -> dict[str,
     out["hit_minus_fast_path_ms"] = hit["added_p50_paired_ms"] - proxied["added_p50_paired_ms"]
     out["bar_hit_within_0_3_ms_of_fast_path"] = out["hit_minus_fast_path_ms"] <= 0.3
     return out
+
+
+def rag_hit_vs_miss(questions: int) -> dict[str, Any]:
+    """End to end over HTTP: RAG answers (generate mode, the local model) missed, then hit semantically."""
+    import subprocess
+    import sys
+
+    corpus = SHARED / "xquad-en" / "corpus.jsonl"
+    queries = [str(q["text"]) for q in read_jsonl(SHARED / "xquad-en" / "queries.jsonl")]
+    step = max(1, len(queries) // questions)
+    asked = queries[::step][:questions]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
+        env["RAGLINE_DATA_DIR"] = str(work / "data")
+        ragline = str(Path(sys.executable).parent / "ragline")
+        subprocess.run(
+            [ragline, "ingest", str(corpus), "--collection", "xq"], env=env, check=True, capture_output=True
+        )
+        port = _port()
+        log = (work / "serve.log").open("w")
+        proc = subprocess.Popen(
+            [ragline, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+            times: dict[str, list[float]] = {"miss": [], "semantic-hit": [], "hit": [], "other": []}
+            with httpx.Client(base_url=base, timeout=300, trust_env=False) as c:
+                for rewrite in [*asked, *(q.lower().rstrip(" ?") for q in asked)]:
+                    body = {
+                        "model": "rag/xq",
+                        "messages": [{"role": "user", "content": rewrite}],
+                        "max_tokens": 64,
+                    }
+                    t0 = time.perf_counter()
+                    r = c.post(PATH, json=body)
+                    ms = (time.perf_counter() - t0) * 1000
+                    status = r.headers.get("x-ragline-cache", "other")
+                    times[status if status in times else "other"].append(ms)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+    out: dict[str, Any] = {"questions": len(asked), "mode": "generate", "max_tokens": 64}
+    for k, v in times.items():
+        if v:
+            out[k] = {"n": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+    if times["miss"] and times["semantic-hit"]:
+        out["miss_over_semantic_hit_p50"] = percentile(times["miss"], 0.5) / percentile(
+            times["semantic-hit"], 0.5
+        )
+    return out
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def semantic(entries: int, lookups: int) -> dict[str, Any]:
@@ -219,11 +291,15 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-semantic", action="store_true")
+    ap.add_argument("--rag-questions", type=int, default=30, help="0 = skip the RAG hit-versus-miss part")
     args = ap.parse_args()
     data: dict[str, Any] = {}
     if not args.skip_http:
         data["exact_hits"] = exact_hits(args.requests, args.rounds)
         print(json.dumps(data["exact_hits"], indent=2))
+    if args.rag_questions:
+        data["rag_hit_vs_miss"] = rag_hit_vs_miss(args.rag_questions)
+        print(json.dumps(data["rag_hit_vs_miss"], indent=2))
     if not args.skip_semantic:
         data["semantic"] = semantic(args.entries, args.lookups)
         print(json.dumps(data["semantic"], indent=2))
