@@ -93,18 +93,24 @@ class QuestionIndex:
         ]
 
     async def optimize(self) -> None:
-        """Build the graph over what was written since the last build (the writes that arrive
-        meanwhile are made after it)."""
+        """Build the graph over what was written since the last build; the writes that arrive
+        meanwhile are made after it, and built in turn when they are many."""
         if self._index is None:
             return
-        self._added = 0
-        try:
-            await asyncio.to_thread(self._index.optimize)
-        finally:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                live = [p for p in batch if str(p.payload["key"]) in self._keys]
-                await asyncio.to_thread(self._index.upsert, live)
+        while True:
+            self._added = 0
+            try:
+                await asyncio.to_thread(self._index.optimize)
+            finally:
+                flushed = 0
+                while self._queued:
+                    batch, self._queued = self._queued, []
+                    live = [p for p in batch if str(p.payload["key"]) in self._keys]
+                    await asyncio.to_thread(self._index.upsert, live)
+                    flushed += len(live)
+                self._added = flushed
+            if flushed < _BUILD_EVERY:
+                return
 
     async def close(self) -> None:
         if self._building is not None and not self._building.done():
