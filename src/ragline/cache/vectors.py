@@ -56,7 +56,8 @@ class QuestionIndex:
         with self._lock:
             if self._index is None:
                 self._dir = Path(tempfile.mkdtemp(prefix="ragline-cache-"))
-                self._index = EdgeIndex(self._dir / "shard", self._dim(), threads=1)
+                # a lookup needs the few nearest of questions that are near-duplicates: a small beam
+                self._index = EdgeIndex(self._dir / "shard", self._dim(), hnsw_ef=64, threads=1)
                 self._index.ensure_payload_index("scope", "")
             return self._index
 
