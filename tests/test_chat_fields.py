@@ -682,3 +682,32 @@ def test_completions_logprobs_out_of_range_or_with_echo_are_400(client: openai.O
     _refused(lambda: client.completions.create(logprobs=1, echo=True, **kw), "echo")
     echoed = client.completions.create(echo=True, **{**kw, "stream": False})  # echo alone is honoured
     assert echoed.choices[0].text.startswith("Hello")
+
+
+def test_a_client_that_leaves_an_n_stream_stops_every_choice(env: Env, client: openai.OpenAI) -> None:
+    """Both of the model's slots (llm.n_parallel=2) run the abandoned choices: had they run on to
+    max_tokens (minutes here), the next request would wait for them."""
+    long = [{"role": "user", "content": "Write a very long story about a dragon, at least 2000 words."}]
+    body = {
+        "model": "local",
+        "messages": long,
+        "max_tokens": 4000,
+        "n": 2,
+        "stream": True,
+        "temperature": 0.7,
+    }
+    seen: set[int] = set()
+    with httpx.stream("POST", env.base + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                if choice["delta"].get("content"):
+                    seen.add(choice["index"])
+            if seen == {0, 1}:
+                break  # both generating at once; the client goes away
+    assert seen == {0, 1}
+    t0 = time.perf_counter()
+    r2 = client.chat.completions.create(model="local", messages=MSG, max_tokens=4, n=2)
+    assert len(r2.choices) == 2
+    assert time.perf_counter() - t0 < 15, "the abandoned choices kept their slots"
