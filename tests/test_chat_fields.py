@@ -38,6 +38,7 @@ TOOLS = [
 ]
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 PERSON = [{"role": "user", "content": "Give a person with a name and an age as JSON."}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 PERSON_SCHEMA = {
     "type": "object",
     "properties": {
@@ -545,11 +546,168 @@ def test_embedded_model_answers_n_choices(client: openai.OpenAI, model: str) -> 
         model=model, messages=WEATHER, tools=TOOLS, tool_choice=NAMED, n=2, max_tokens=60, temperature=0
     )
     assert [c.finish_reason for c in tooled.choices] == ["tool_calls", "tool_calls"]
-    # streamed, or more choices than the model's slots (llm.n_parallel=2), or rag/: refused naming n
-    _refused(lambda: client.chat.completions.create(model=model, stream=True, **kw), "n")
+    # more choices than the model's slots (llm.n_parallel=2), streamed or not, or rag/: refused naming n
     _refused(lambda: client.chat.completions.create(model=model, **{**kw, "n": 3}), "n")
+    _refused(lambda: client.chat.completions.create(model=model, stream=True, **{**kw, "n": 3}), "n")
     _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, n=2), "n")  # type: ignore[arg-type]
+    _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, n=2, stream=True), "n")  # type: ignore[arg-type]
+
+
+def _choices(chunks: list[Any]) -> dict[int, dict[str, Any]]:
+    """Per choice index: its chunks' deltas, its finish_reasons, and the stream shape checked (one
+    choice per chunk; the choice's first chunk is its role, its last its only finish_reason)."""
+    out: dict[int, dict[str, Any]] = {}
+    for c in chunks:
+        if not c.choices:
+            continue
+        (choice,) = c.choices
+        got = out.setdefault(choice.index, {"deltas": [], "finish": [], "logprobs": []})
+        if not got["deltas"]:
+            assert choice.delta.role == "assistant", c
+        assert not got["finish"], f"a chunk after choice {choice.index}'s finish_reason: {c}"
+        got["deltas"].append(choice.delta)
+        if choice.finish_reason is not None:
+            got["finish"].append(choice.finish_reason)
+        if choice.logprobs is not None:
+            got["logprobs"].extend(choice.logprobs.content or [])
+    for i, got in out.items():
+        assert len(got["finish"]) == 1, (i, got)
+        got["text"] = "".join(d.content or "" for d in got["deltas"])
+    return out
+
+
+@pytest.mark.parametrize("model", ["local", "embedded"])
+def test_embedded_model_streams_n_choices(client: openai.OpenAI, model: str) -> None:
+    kw: dict[str, Any] = {"messages": STORY, "max_tokens": 12, "temperature": 1.0, "seed": 21, "n": 2}
+    whole = client.chat.completions.create(model=model, **kw)
+    chunks = list(
+        client.chat.completions.create(model=model, stream=True, stream_options={"include_usage": True}, **kw)
+    )
+    choices = _choices(chunks)
+    assert sorted(choices) == [0, 1]
+    # each streamed choice is the non-streamed one (seed + i per choice), with its own end
+    assert [choices[i]["text"] for i in (0, 1)] == [c.message.content for c in whole.choices]
+    assert [choices[i]["finish"][0] for i in (0, 1)] == [c.finish_reason for c in whole.choices]
+    assert choices[0]["text"] != choices[1]["text"]
+    # generated at once: the choices' pieces are interleaved, not one choice after the other
+    order = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.content]
+    assert order.index(1) < len(order) - 1 - order[::-1].index(0), order
+    # one usage chunk, last: the prompt once, every choice's tokens (as non-streamed)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    assert whole.usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    # tool calls and logprobs, per choice
+    tooled = _choices(
+        list(
+            client.chat.completions.create(
+                model=model,
+                messages=WEATHER,
+                tools=TOOLS,
+                tool_choice=NAMED,
+                n=2,
+                max_tokens=60,
+                temperature=0,
+                stream=True,
+            )
+        )
+    )
+    for got in tooled.values():
+        assert got["finish"] == ["tool_calls"]
+        (call,) = [t for d in got["deltas"] for t in d.tool_calls or []]
+        assert call.function is not None and isinstance(json.loads(call.function.arguments or ""), dict)
+    scored = _choices(
+        list(
+            client.chat.completions.create(
+                model=model, stream=True, logprobs=True, top_logprobs=2, **{**kw, "max_tokens": 6}
+            )
+        )
+    )
+    for got in scored.values():
+        assert "".join(t.token for t in got["logprobs"]) == got["text"]
+        assert all(len(t.top_logprobs) == 2 for t in got["logprobs"])
 
 
 def test_rag_answers_refuse_tools(client: openai.OpenAI) -> None:
     _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, tools=TOOLS), "tools")  # type: ignore[arg-type]
+
+
+# -- /v1/completions: logprobs in the legacy shape -------------------------------------------------
+
+
+def _check_legacy(logprobs: Any, text: str, top: int) -> None:
+    assert logprobs is not None and logprobs.tokens, logprobs
+    assert "".join(logprobs.tokens) == text
+    n = len(logprobs.tokens)
+    assert len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == len(logprobs.text_offset) == n
+    for token, lp, alternatives, offset in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, logprobs.text_offset, strict=True
+    ):
+        assert text[offset : offset + len(token)] == token  # where the token starts in the text
+        assert lp <= 0 and alternatives[token] == lp  # the sampled token is always among them
+        assert max(top, 1) <= len(alternatives) <= top + 1 and all(v <= 0 for v in alternatives.values())
+        if top:  # temperature 0: the sampled token is the likeliest
+            assert lp == max(alternatives.values())
+
+
+@pytest.mark.parametrize("top", [0, 2, 5])
+def test_completions_return_legacy_logprobs(client: openai.OpenAI, top: int) -> None:
+    kw: dict[str, Any] = {
+        "model": "local",
+        "prompt": "The capital of France is",
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    r = client.completions.create(logprobs=top, **kw)
+    choice = r.choices[0]
+    _check_legacy(choice.logprobs, choice.text, top)
+    assert r.usage is not None and len(choice.logprobs.tokens) == r.usage.completion_tokens  # type: ignore[union-attr]
+    chunks = [c for c in client.completions.create(logprobs=top, stream=True, **kw) if c.choices]
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    for c in chunks:  # each chunk the logprobs of its own text, offsets into the whole text
+        if c.choices[0].text:
+            lp = c.choices[0].logprobs
+            assert lp is not None and "".join(lp.tokens or []) == c.choices[0].text
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [t for lp in streamed for t in lp.tokens or []] == choice.logprobs.tokens  # type: ignore[union-attr]
+    assert [o for lp in streamed for o in lp.text_offset or []] == choice.logprobs.text_offset  # type: ignore[union-attr]
+    # not asked: none sent
+    assert client.completions.create(**kw).choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_logprobs_out_of_range_or_with_echo_are_400(client: openai.OpenAI, stream: bool) -> None:
+    kw: dict[str, Any] = {"model": "local", "prompt": "Hello", "max_tokens": 2, "stream": stream}
+    _refused(lambda: client.completions.create(logprobs=6, **kw), "logprobs")
+    _refused(lambda: client.completions.create(logprobs=-1, **kw), "logprobs")
+    _refused(lambda: client.completions.create(logprobs=1, echo=True, **kw), "echo")
+    echoed = client.completions.create(echo=True, **{**kw, "stream": False})  # echo alone is honoured
+    assert echoed.choices[0].text.startswith("Hello")
+
+
+def test_a_client_that_leaves_an_n_stream_stops_every_choice(env: Env, client: openai.OpenAI) -> None:
+    """Both of the model's slots (llm.n_parallel=2) run the abandoned choices: had they run on to
+    max_tokens (minutes here), the next request would wait for them."""
+    long = [{"role": "user", "content": "Write a very long story about a dragon, at least 2000 words."}]
+    body = {
+        "model": "local",
+        "messages": long,
+        "max_tokens": 4000,
+        "n": 2,
+        "stream": True,
+        "temperature": 0.7,
+    }
+    seen: set[int] = set()
+    with httpx.stream("POST", env.base + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                if choice["delta"].get("content"):
+                    seen.add(choice["index"])
+            if seen == {0, 1}:
+                break  # both generating at once; the client goes away
+    assert seen == {0, 1}
+    t0 = time.perf_counter()
+    r2 = client.chat.completions.create(model="local", messages=MSG, max_tokens=4, n=2)
+    assert len(r2.choices) == 2
+    assert time.perf_counter() - t0 < 15, "the abandoned choices kept their slots"

@@ -80,8 +80,11 @@ class LLM(Protocol):
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
-        """Continue raw text (no chat template): OpenAI's legacy completions."""
+        """Continue raw text (no chat template): OpenAI's legacy completions. ``top_logprobs``
+        (0-5, the legacy ``logprobs``) as for ``chat``: each generated token's logprob and that
+        many alternatives, in ``Completion.logprobs`` (chat's shape; the endpoint reshapes it)."""
         ...
 
 
@@ -168,9 +171,15 @@ class LlamaCppLLM:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
         request = _sampling(max_tokens, temperature, top_p, stop, seed)
         request["prompt"] = prompt
+        if top_logprobs is not None:
+            # llama.cpp's completions read an integer ``logprobs`` (its alternatives); as for chat,
+            # 0 alternatives report nothing: ask for 1, send none
+            request["logprobs"] = max(1, top_logprobs)
+            request[_TOP] = top_logprobs
         return self._generate(self._server.handle_completions, request, on_token, chat=False)
 
     def _generate(

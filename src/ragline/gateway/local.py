@@ -15,7 +15,9 @@ next token, streamed or not: the token callback tells llama.cpp to stop (``answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -32,6 +34,8 @@ from ragline.gateway.errors import UpstreamStatusError, UpstreamTimeout
 SEED_MAX = 2**64 - 1
 #: Runs a blocking model call in a worker thread (the server passes its bounded LLM pool).
 ThreadRunner = Callable[[Callable[[], Completion]], Awaitable[Completion]]
+#: Starts choice i's generation with its token callback (``stream_choices``).
+ChoiceRun = Callable[[int, TokenCallback], Awaitable[Completion]]
 
 
 async def _to_thread(fn: Callable[[], Completion]) -> Completion:
@@ -46,8 +50,6 @@ def unsupported(body: Mapping[str, Any], *, rag: bool = False, n_parallel: int =
     if n != 1:
         if rag:
             return "rag/ answers have one choice (n=1)", "n"
-        if body.get("stream"):
-            return "the embedded model streams one choice (n=1); ask for n > 1 without stream", "n"
         if n > n_parallel:
             return (
                 f"n={n} choices: the embedded model generates at most {n_parallel} at once (llm.n_parallel)",
@@ -138,6 +140,11 @@ class LocalDeployment:
         end = start + min(self.timeouts.total, budget)
         first_by = min(end, start + self.timeouts.first_token)
         self._check(body)
+        if int(body.get("n") or 1) > 1:
+            async with contextlib.aclosing(self._stream_n(body, start, first_by, end)) as chunks:
+                async for part in chunks:
+                    yield part
+            return
         bridge = TokenBridge(loop)
 
         async def run() -> Completion:
@@ -199,6 +206,46 @@ class LocalDeployment:
                 "choices": [],
                 "usage": _usage(result),
             }
+
+    async def _stream_n(
+        self, body: dict[str, Any], start: float, first_by: float, end: float
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """n choices streamed at once (``stream_choices``), within the first-token and total limits."""
+        loop = asyncio.get_running_loop()
+        cid, created = _completion_id(), int(time.time())
+        done: list[Completion] = []
+
+        async def run(i: int, on_token: TokenCallback) -> Completion:
+            return await self._run_in_thread(functools.partial(self._generate, body, on_token, i))
+
+        def envelope(**extra: Any) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self._model,
+                **extra,
+            }
+
+        choices = stream_choices(
+            int(body["n"]),
+            run,
+            calling=_calling(body) is not None,
+            deadline=lambda s: end if s else first_by,
+            done=done,
+        )
+        started = False
+        try:
+            async with contextlib.aclosing(choices) as parts:
+                async for choice in parts:
+                    started = started or bool(choice["delta"].get("content"))
+                    yield envelope(choices=[choice])
+        except TimeoutError as e:
+            what = "complete answer" if started else "first token"
+            raise UpstreamTimeout(self._name, f"no {what} within {loop.time() - start:.2f} s") from e
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            yield envelope(choices=[], usage=choices_usage(done))
 
     async def probe(self, timeout: float) -> None:
         return None
@@ -278,6 +325,78 @@ def chat_choice(index: int, c: Completion, tool_calling: bool) -> dict[str, Any]
         out["logprobs"] = {"content": c.logprobs, "refusal": None}
     out["finish_reason"] = finish
     return out
+
+
+async def stream_choices(
+    n: int,
+    run: ChoiceRun,
+    *,
+    calling: bool,
+    done: list[Completion],
+    deadline: Callable[[bool], float | None] = lambda started: None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The ``choices`` entries of a chat.completion.chunk stream for n generations at once (on n
+    of the model's slots), as OpenAI streams them: every choice's role first, then each piece as
+    it comes, interleaved, tagged with its choice's ``index``, and each choice's own end (its tool
+    call deltas, its ``finish_reason``) when it ends. ``done`` receives the n completions, in
+    order, once every choice has ended (for the usage). ``deadline(started)``: the loop time by
+    which the next piece must come (TimeoutError), None for no limit.
+
+    When the reader goes away (or a choice fails, or a deadline passes) every generation still
+    running stops at its next token."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def on_token_of(i: int) -> TokenCallback:
+        def on_token(piece: str) -> bool:  # the model's worker thread
+            if stop.is_set():
+                return True
+            loop.call_soon_threadsafe(queue.put_nowait, (i, piece))
+            return False
+
+        return on_token
+
+    async def generate(i: int) -> None:
+        try:
+            result: object = await run(i, on_token_of(i))
+        except Exception as e:  # raised to the reader, in order after the pieces already queued
+            result = e
+        loop.call_soon_threadsafe(queue.put_nowait, (i, result))
+
+    tasks = [asyncio.create_task(generate(i)) for i in range(n)]
+    results: dict[int, Completion] = {}
+    started = False
+    try:
+        for i in range(n):
+            yield {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        while len(results) < n:
+            async with asyncio.timeout_at(deadline(started)):
+                i, item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, Completion):
+                results[i] = item
+                finish = item.finish_reason
+                if calling:  # a tool call is read from the whole answer, then streamed
+                    deltas, finish = tools.stream_end(item.text, finish)
+                    for delta in deltas:
+                        yield {"index": i, "delta": delta, "finish_reason": None}
+                yield {"index": i, "delta": {}, "finish_reason": finish}
+                continue
+            started = True
+            if calling:
+                continue
+            out: dict[str, Any] = {"index": i, "delta": {"content": item}, "finish_reason": None}
+            if isinstance(item, Piece):
+                out["logprobs"] = {"content": item.logprobs, "refusal": None}
+            yield out
+        done.extend(results[i] for i in range(n))
+    finally:
+        if not all(t.done() for t in tasks):
+            stop.set()  # the reader is gone (or a choice failed): every generation stops
+            for t in tasks:
+                t.cancel()
 
 
 def choices_usage(cs: Sequence[Completion]) -> dict[str, int]:

@@ -5,6 +5,10 @@ Testable without HTTP, like serving.py: validated request in, OpenAI-shaped
 streaming bridges llama.cpp's token callback to an asyncio queue, and a non-streamed
 generation whose caller went away stops at its next token. The prompt (estimated tokens,
 ``server.max_prompt_tokens``) and ``max_tokens`` (the model's context) are bounded.
+
+``logprobs`` (0-5) is OpenAI's legacy shape (``legacy_logprobs``), streamed (each chunk the
+logprobs of its own text) or not; ``echo`` with ``logprobs`` is refused (400 naming ``echo``):
+llama.cpp scores no prompt tokens, and OpenAI's answer would carry theirs.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ragline.answer.llm import Completion
+from ragline.answer.llm import Completion, Piece, TokenLogprob
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import ContextLengthExceeded
@@ -38,6 +42,28 @@ def _usage(c: Completion) -> dict[str, int]:
     }
 
 
+def legacy_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy ``logprobs`` from tokens in chat's shape: the token strings (they join to
+    the text), each one's logprob, its alternatives as ``{token: logprob}`` (the asked number,
+    plus the sampled token when it is not among them: at most ``logprobs`` + 1, as OpenAI), and
+    where each token starts in the returned text (``offset``: where these tokens' text starts)."""
+    text_offset: list[int] = []
+    for t in tokens:
+        text_offset.append(offset)
+        offset += len(str(t["token"]))
+    top: list[dict[str, float]] = []
+    for t in tokens:
+        alternatives = {str(a["token"]): float(a["logprob"]) for a in t.get("top_logprobs") or ()}
+        alternatives.setdefault(str(t["token"]), float(t["logprob"]))
+        top.append(alternatives)
+    return {
+        "tokens": [str(t["token"]) for t in tokens],
+        "token_logprobs": [float(t["logprob"]) for t in tokens],
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    }
+
+
 class CompletionService:
     def __init__(self, engine: Engine, local_model: str) -> None:
         self._engine = engine
@@ -48,6 +74,12 @@ class CompletionService:
         if req.model != self.local_model:
             raise ModelNotFound(req.model)
         check_stream_options(req)
+        if req.echo and req.logprobs is not None:
+            raise BadRequest(
+                "echo with logprobs is not supported: the local model does not score the prompt's tokens",
+                param="echo",
+                code="unsupported",
+            )
         prompt: object = req.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -80,6 +112,7 @@ class CompletionService:
                     stop=req.stop_list(),
                     seed=req.seed,
                     on_token=on_token,
+                    top_logprobs=req.logprobs,
                 )
         except ContextLengthExceeded as e:
             raise BadRequest(str(e), param="prompt", code="context_length_exceeded") from e
@@ -94,7 +127,14 @@ class CompletionService:
         text = prompt + c.text if req.echo else c.text
         return {
             **self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req),
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": c.finish_reason}],
+            "choices": [
+                {
+                    "text": text,
+                    "index": 0,
+                    "logprobs": None if c.logprobs is None else legacy_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
+                }
+            ],
             "usage": _usage(c),
         }
 
@@ -111,8 +151,15 @@ class CompletionService:
 
         envelope = self._envelope("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), req)
 
+        offset = 0  # where the next piece starts in the streamed text (for text_offset)
+
         def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            nonlocal offset
+            logprobs = None
+            if isinstance(text, Piece):
+                logprobs = legacy_logprobs(text.logprobs, offset)
+            offset += len(text)
+            choice = {"text": str(text), "index": 0, "logprobs": logprobs, "finish_reason": finish}
             return {**envelope, "choices": [choice]}
 
         task = asyncio.create_task(run())
@@ -124,7 +171,7 @@ class CompletionService:
             if req.echo:
                 yield chunk(prompt)
             while item is not DONE:
-                yield chunk(str(item))
+                yield chunk(item if isinstance(item, Piece) else str(item))
                 item = await bridge.get()
             result = await task
         finally:

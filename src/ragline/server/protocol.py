@@ -146,7 +146,8 @@ class CompletionRequest(_GenerationRequest):
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for this endpoint
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    #: The legacy shape: how many alternatives per token (0-5), each token's own logprob always.
+    logprobs: int | None = Field(None, ge=0, le=5)
     n: int = Field(1, ge=1)
     best_of: int | None = None
 
@@ -155,13 +156,6 @@ class CompletionRequest(_GenerationRequest):
     def _only_one_choice(cls, v: int | None) -> int | None:
         if v is not None and v != 1:
             raise ValueError("only one choice per request is supported")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: int | None) -> int | None:
-        if v:
-            raise ValueError("logprobs are not supported")
         return v
 
     @field_validator("suffix")

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
 from ragline.engine import Engine
 from ragline.errors import CollectionNotFound, InvalidRequest, RaglineError
 from ragline.gateway import Router
-from ragline.gateway.local import chat_choice, choice_seed, choices_usage, unsupported
+from ragline.gateway.local import chat_choice, choice_seed, choices_usage, stream_choices, unsupported
 from ragline.gateway.rules import CHARS_PER_TOKEN
 from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
@@ -333,6 +333,11 @@ class ChatService:
                     yield part
             return
         collection = self._resolve(req, tenancy)
+        if collection is None and req.n > 1:  # n choices at once, interleaved (rag/ is refused n > 1)
+            async with contextlib.aclosing(self._stream_n(req)) as parts:
+                async for part in parts:
+                    yield part
+            return
         if collection is not None:
             self._question(req)
         bridge = TokenBridge(asyncio.get_running_loop())
@@ -406,6 +411,30 @@ class ChatService:
                 "choices": [],
                 "usage": _usage(prompt, completion),
             }
+
+    async def _stream_n(self, req: ChatCompletionRequest) -> AsyncGenerator[dict[str, Any], None]:
+        """n choices of the local model streamed at once (``gateway.local.stream_choices``)."""
+        cid, created = _chat_id(), _now()
+        done: list[Completion] = []
+
+        async def run(i: int, on_token: Any) -> Completion:
+            return await run_model(self._engine, self._chat, req, on_token, i)
+
+        def envelope(**extra: Any) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model,
+                **extra,
+            }
+
+        calling = tools.plan(req.tools, req.tool_choice) is not None
+        async with contextlib.aclosing(stream_choices(req.n, run, calling=calling, done=done)) as choices:
+            async for choice in choices:
+                yield envelope(choices=[choice])
+        if req.stream_options and req.stream_options.include_usage:
+            yield envelope(choices=[], usage=choices_usage(done))
 
 
 #: The fields ``gateway.local.unsupported`` reads.
