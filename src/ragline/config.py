@@ -178,7 +178,7 @@ class IndexSettings(_Section):
         "edge",
         description="edge = the embedded Qdrant engine, one shard in each collection's folder; qdrant = a "
         "Qdrant server or cluster (url) or qdrant-client's local mode (path), one Qdrant collection per "
-        "ragline collection (pip install 'ragline[qdrant]')",
+        "ragline collection (pip install 'ragline[qdrant]').",
     )
     url: str | None = Field(
         None, description="kind=qdrant: the server, e.g. http://qdrant:6333 (null = local mode at path)"
