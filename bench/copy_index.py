@@ -73,12 +73,14 @@ def main() -> None:
         col = source.collection(src)
         dst_dir.mkdir(parents=True)
         # the registry, as it is (documents, versions, chunk ids), now on the qdrant index
-        with (
-            sqlite3.connect(src_dir / "registry.sqlite") as a,
-            sqlite3.connect(dst_dir / "registry.sqlite") as b,
-        ):
+        a, b = sqlite3.connect(src_dir / "registry.sqlite"), sqlite3.connect(dst_dir / "registry.sqlite")
+        try:
             a.backup(b)
             b.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('index', 'qdrant')")
+            b.commit()
+        finally:
+            a.close()
+            b.close()
         ids = [cid for r in col.registry.list_documents(limit=10**9) for cid in r.chunk_ids]
         weight = source_settings.chunking.lexical_title_weight
         try:
