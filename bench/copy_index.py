@@ -26,7 +26,7 @@ from ragline.config import load_settings
 from ragline.embed.factory import build_embedder
 from ragline.engine import Engine
 from ragline.eval.beir import load_beir
-from ragline.eval.retrieval import collection_name, index_key
+from ragline.eval.retrieval import collection_name, eval_settings, index_key
 from ragline.index.base import IndexPoint
 from ragline.types import Chunk
 
@@ -54,8 +54,9 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--config", required=True, help="the settings of the target (index.kind: qdrant)")
     args = ap.parse_args()
-    source_settings = load_settings()
-    target_settings = load_settings(args.config)
+    # the settings the evals index with (eval_settings: near-duplicates are kept)
+    source_settings = eval_settings(load_settings())
+    target_settings = eval_settings(load_settings(args.config))
     if source_settings.index.kind != "edge" or target_settings.index.kind != "qdrant":
         raise SystemExit("copies from index.kind edge (the environment's settings) to qdrant (--config)")
     ds = load_beir(args.dataset, args.split)

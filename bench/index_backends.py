@@ -52,7 +52,7 @@ from ragline.config import EmbedderSettings, RetrievalSettings, load_settings
 from ragline.embed.factory import build_embedder
 from ragline.engine import Engine
 from ragline.eval.beir import load_beir
-from ragline.eval.retrieval import collection_name, index_key
+from ragline.eval.retrieval import collection_name, eval_settings, index_key
 from ragline.index.base import IndexPoint, VectorIndex
 from ragline.index.qdrant import MEMORY, QdrantIndex, connect
 from ragline.retrieval.retriever import Retriever
@@ -137,7 +137,7 @@ def main() -> None:
         )
         ds = load_beir(args.dataset)
         found = []
-        for s in (load_settings(), load_settings(args.config)):
+        for s in (eval_settings(load_settings()), eval_settings(load_settings(args.config))):
             engine = Engine(s, embedder=embedder)
             engines.append(engine)
             found.append(engine.collection(collection_name(ds, index_key(ds, s, embedder.name))).index)
