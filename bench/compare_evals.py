@@ -1,17 +1,18 @@
 """Two `ragline eval retrieval` result files side by side: nDCG@10 per mode, and per-query differences.
 
-    .venv/bin/python -m bench.compare_evals A.json B.json
+.venv/bin/python -m bench.compare_evals A.json B.json
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
 def main() -> None:
-    a, b = (json.loads(open(p, encoding="utf-8").read()) for p in sys.argv[1:3])
+    a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:3])
     rows: dict[str, dict[str, Any]] = {}
     for ra in a["results"]:
         rb = next((r for r in b["results"] if r["mode"] == ra["mode"]), None)
