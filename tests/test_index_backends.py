@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from ragline import Engine
 from ragline.config import load_settings
 from ragline.config_render import MASK, effective_settings
-from ragline.errors import ConfigError
+from ragline.errors import CollectionBusy, ConfigError
 from ragline.index.factory import qdrant_name
 from ragline.index.qdrant import QdrantIndex, connect, release
 from test_engine import SMALL_CHUNKS, doc_id, write_corpus
@@ -102,6 +104,29 @@ def test_a_collection_stays_on_the_index_it_was_built_on(
         ConfigError, match=r"lives in the edge index; the configured one is qdrant \(index.kind\)"
     ):
         on_qdrant.search("bread", collection="docs")
+
+
+def test_a_local_mode_folder_serves_one_process(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FOLDER, str(tmp_path / "qdrant")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(CollectionBusy, match="in use by another ragline process"):
+            connect(None, str(tmp_path / "qdrant"), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    release(connect(None, str(tmp_path / "qdrant"), tmp_path))  # free again once it has gone
+
+
+HOLD_FOLDER = """
+import sys, time
+from qdrant_client import QdrantClient
+client = QdrantClient(path=sys.argv[1])
+print("open", flush=True)
+time.sleep(60)
+"""
 
 
 @pytest.mark.parametrize(

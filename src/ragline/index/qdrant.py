@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ragline.errors import ConfigError, InvalidFilter
+from ragline.errors import CollectionBusy, ConfigError, InvalidFilter
 from ragline.index.base import IndexHit, IndexPoint, StoredPoint
 from ragline.index.bm25 import Bm25Encoder, SparseTerms
 from ragline.index.filters import Condition, Filter, normalize_datetime
@@ -118,7 +118,8 @@ def connect(
                 for message in _LOCAL_MODE_WARNINGS:
                     warnings.filterwarnings("ignore", message=message, category=UserWarning)
             if key[0] == "url":
-                client = qdrant_client.QdrantClient(url=key[1], api_key=api_key, timeout=int(timeout_s))
+                timeout = max(1, round(timeout_s))  # the client takes whole seconds
+                client = qdrant_client.QdrantClient(url=key[1], api_key=api_key, timeout=timeout)
             elif key[1] == MEMORY:
                 client = qdrant_client.QdrantClient(location=MEMORY, force_disable_check_same_thread=True)
             else:
@@ -126,9 +127,9 @@ def connect(
                 try:
                     client = qdrant_client.QdrantClient(path=key[1], force_disable_check_same_thread=True)
                 except RuntimeError as e:  # the folder's lock is held by another process
-                    raise ConfigError(
-                        f"the Qdrant local-mode folder {key[1]} is in use by another process (local mode "
-                        "serves one process; use a Qdrant server, index.url, for several)"
+                    raise CollectionBusy(
+                        f"the Qdrant local-mode folder {key[1]} is in use by another ragline process "
+                        "(local mode serves one process; use a Qdrant server, index.url, for several)"
                     ) from e
             conn = Connection(client, key, local=key[0] == "path")
             _connections[key] = conn
