@@ -26,6 +26,8 @@ from ragline.server.run import check_dependencies
         ({"store": {"url": "postgres://db/rl"}}, "psycopg_pool", "postgres"),
         ({"state": {"url": "redis://cache:6379/0"}}, "redis", "redis"),
         ({"rerank": {"kind": "remote", "url": "http://rr/rerank"}}, "httpx", "rerank"),
+        ({"index": {"kind": "qdrant", "url": "http://qdrant:6333"}}, "qdrant_client", "qdrant"),
+        ({"index": {"kind": "qdrant"}}, "qdrant_client", "qdrant"),
     ],
 )
 def test_serve_names_the_extra_of_a_configured_backend(
@@ -45,7 +47,10 @@ def test_serve_names_the_extra_of_a_configured_backend(
 def test_serve_checks_pass_with_everything_installed(tmp_path: Path) -> None:
     check_dependencies(
         load_settings(
-            data_dir=tmp_path, store={"url": "postgresql://db/rl"}, state={"url": "redis://cache:6379/0"}
+            data_dir=tmp_path,
+            store={"url": "postgresql://db/rl"},
+            state={"url": "redis://cache:6379/0"},
+            index={"kind": "qdrant", "url": "http://qdrant:6333"},
         )
     )
 

@@ -1,6 +1,7 @@
-"""A collection on disk: its index shard, its document registry and its write lock.
+"""A collection on disk: its index, its document registry and its write lock.
 
-Layout: ``<data_dir>/collections/<name>/{shard/, registry.sqlite, lock}``.
+Layout: ``<data_dir>/collections/<name>/{shard/, registry.sqlite, lock}``; ``shard/`` is the
+embedded index's (``index.kind: edge``); with ``qdrant`` the points live in Qdrant.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ragline.errors import (
     DocumentNotFound,
 )
 from ragline.index.base import VectorIndex
-from ragline.index.edge import EdgeIndex
+from ragline.index.factory import open_index
 from ragline.ingest.registry import DocRecord, PendingChange, Registry
 
 _PUBLIC = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
@@ -116,16 +117,16 @@ class Collection:
                     f"collection {name!r} was built with embedder {info['name']} (dim {info['dim']}); "
                     f"the configured one is {embedder_name} (dim {dim}). Use another collection or re-ingest."
                 )
-        r = settings.retrieval
-        self._index = EdgeIndex(
-            self.path / "shard",
-            dim,
-            bm25_k=r.bm25_k,
-            bm25_b=r.bm25_b,
-            bm25_avg_len=r.bm25_avg_len,
-            hnsw_ef=r.hnsw_ef,
-            threads=settings.collections.search_threads,
-        )
+        kind = settings.index.kind
+        built_on = self.registry.get_meta("index") or "edge"  # collections made before the setting: edge
+        if stored is None:
+            self.registry.set_meta("index", kind)
+        elif built_on != kind:
+            raise ConfigError(
+                f"collection {name!r} lives in the {built_on} index; the configured one is {kind} "
+                "(index.kind). Use another collection or re-ingest."
+            )
+        self._index = open_index(settings, name, self.path, dim)
         # Readers (search) and the writer (ingest/delete) of this process.
         self.write_lock = threading.Lock()
         self.recovered = self.recover()

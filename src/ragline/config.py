@@ -171,6 +171,50 @@ class CollectionSettings(_Section):
     )
 
 
+class IndexSettings(_Section):
+    """The vector index every collection lives in: the embedded engine, or Qdrant."""
+
+    kind: Literal["edge", "qdrant"] = Field(
+        "edge",
+        description="edge = the embedded Qdrant engine, one shard in each collection's folder; qdrant = a "
+        "Qdrant server or cluster (url) or qdrant-client's local mode (path), one Qdrant collection per "
+        "ragline collection (pip install 'ragline[qdrant]').",
+    )
+    url: str | None = Field(
+        None, description="kind=qdrant: the server, e.g. http://qdrant:6333 (null = local mode at path)"
+    )
+    api_key: SecretStr | None = None
+    """kind=qdrant with url: the server's API key (masked by `config show`, never logged)."""
+    path: str | None = Field(
+        None,
+        description="kind=qdrant without url: the folder of qdrant-client's local mode (in-process, "
+        "exact search, for tests and small data); null = <data_dir>/qdrant; :memory: = in memory only",
+    )
+    collection_prefix: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.\-]*$",
+        description="kind=qdrant: put before each collection's name in Qdrant, so that several deployments "
+        "can share one server",
+    )
+    timeout_s: float = Field(30.0, gt=0.0, description="kind=qdrant with url: each request to the server")
+
+    @field_validator("url")
+    @classmethod
+    def _url_port(cls, v: str | None) -> str | None:
+        return _check_port(v)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> IndexSettings:
+        if self.kind == "edge" and (self.url or self.api_key or self.path):
+            raise ValueError("kind edge takes no url, api_key or path (they are for kind qdrant)")
+        if self.url and self.path:
+            raise ValueError("give url (a Qdrant server) or path (local mode), not both")
+        if self.api_key and not self.url:
+            raise ValueError("api_key is for a Qdrant server: give its url too")
+        return self
+
+
 class RetrievalSettings(_Section):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     top_k: int = Field(5, ge=1, le=1000)
@@ -797,6 +841,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     ingest: IngestSettings = IngestSettings()
     collections: CollectionSettings = CollectionSettings()
+    index: IndexSettings = IndexSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()

@@ -44,6 +44,7 @@ from ragline.errors import (
     CollectionUnavailable,
     RaglineError,
 )
+from ragline.index.factory import drop_index
 from ragline.index.filters import Filter, parse_filters
 from ragline.ingest.pipeline import Ingestor, ProgressCallback, StopCheck
 from ragline.ingest.registry import DocRecord
@@ -341,6 +342,7 @@ class Engine:
             path = collections_root(self.settings) / name
             if not path.exists():
                 raise CollectionNotFound(f"collection {name!r} does not exist")
+            drop_index(self.settings, name)
             shutil.rmtree(path)
 
     # -- retrieval -----------------------------------------------------------------------

@@ -203,6 +203,13 @@ def index_key(dataset: BeirDataset, settings: Settings, embedder_name: str) -> s
             "threshold": settings.ingest.near_duplicate_threshold,
         },
     }
+    if settings.index.kind != "edge":  # (edge's keys stay what they were before the setting)
+        ident["index"] = {
+            "kind": settings.index.kind,
+            "url": settings.index.url,
+            "path": settings.index.path,
+            "prefix": settings.index.collection_prefix,
+        }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

@@ -35,7 +35,8 @@ class StoredPoint:
 
 
 class VectorIndex(Protocol):
-    """One collection's index. Implementations: the embedded Qdrant engine (EdgeIndex)."""
+    """One collection's index. Implementations: the embedded Qdrant engine (EdgeIndex, index/edge.py) and
+    Qdrant through qdrant-client (QdrantIndex, index/qdrant.py); tests/test_index_contract.py runs on both."""
 
     def upsert(self, points: Sequence[IndexPoint]) -> None: ...
 

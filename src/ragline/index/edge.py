@@ -19,6 +19,7 @@ import qdrant_edge as qe
 
 from ragline.errors import InvalidFilter
 from ragline.index.base import IndexHit, IndexPoint, StoredPoint
+from ragline.index.bm25 import Bm25Encoder
 from ragline.index.filters import Condition, Filter, normalize_datetime
 
 DENSE = "dense"
@@ -49,7 +50,7 @@ class EdgeIndex:
         self._path = path
         self._dim = dim
         self._hnsw_ef = hnsw_ef
-        self._bm25 = qe.Bm25(qe.Bm25Config(k=bm25_k, b=bm25_b, avg_len=bm25_avg_len, language="english"))
+        self._bm25 = Bm25Encoder(k=bm25_k, b=bm25_b, avg_len=bm25_avg_len).engine
         vectors = {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)}
         sparse = {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
         segments = path / "segments"

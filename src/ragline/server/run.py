@@ -14,6 +14,7 @@ from ragline.config import Settings
 from ragline.embed.factory import minilm_paths
 from ragline.engine import Engine
 from ragline.errors import ConfigError
+from ragline.index.factory import check_installed as check_index_installed
 from ragline.optional import require
 from ragline.server.app import create_app
 from ragline.server.connection import ConnectionLimits, limited_protocol
@@ -45,6 +46,7 @@ def check_dependencies(settings: Settings) -> None:
         smollm2_path()
     check_store_installed(settings)
     check_state_installed(settings)
+    check_index_installed(settings)
     if settings.rerank.kind == "remote":
         require("httpx", extra="rerank", feature="rerank.kind=remote")
 
