@@ -208,12 +208,18 @@ def test_gateway_upstream_receives_the_fields_unchanged(env: Env, client: openai
         "seed": 3,
         "parallel_tool_calls": False,
     }
-    r = client.chat.completions.create(model="echo", messages=MSG, extra_body=fields)  # type: ignore[call-overload]
+    fresh = {"Cache-Control": "no-store"}  # a seed makes it cacheable: every call must reach the upstream
+    r = client.chat.completions.create(model="echo", messages=MSG, extra_body=fields, extra_headers=fresh)  # type: ignore[call-overload]
     assert r.choices[0].message.content == "hello from echo"
     assert env.stats("echo")["last_body"] == {"model": "up-echo", "messages": MSG, **fields}
     chunks = list(
         client.chat.completions.create(  # type: ignore[call-overload]
-            model="echo", messages=MSG, stream=True, stream_options={"include_usage": True}, extra_body=fields
+            model="echo",
+            messages=MSG,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=fields,
+            extra_headers=fresh,
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
