@@ -178,7 +178,7 @@ def _print_answer(answer: Answer, streamed: bool) -> None:
 def ask(
     question: str,
     collection: CollectionOpt = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="generate | extractive")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="generate | extractive | agentic")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=50)] = None,
     filter_: Annotated[list[str] | None, typer.Option("--filter", "-f")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -188,8 +188,8 @@ def ask(
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from a collection, with citations."""
-    if mode is not None and mode not in ("generate", "extractive"):
-        raise typer.BadParameter("--mode must be generate or extractive")
+    if mode is not None and mode not in ("generate", "extractive", "agentic"):
+        raise typer.BadParameter("--mode must be generate, extractive or agentic")
     stream = not (no_stream or as_json)
     streamed = False
 

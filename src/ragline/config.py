@@ -288,8 +288,77 @@ class RerankSettings(_Section):
         return _check_port(v)
 
 
+class ServerToolSettings(_Section):
+    """A tool that ragline runs itself in an ``agentic`` answer: the model's arguments are POSTed
+    as JSON to ``url``, and the response body (cut to ``max_output_chars``) is the tool's result."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    """The arguments' JSON Schema (OpenAI's ``function.parameters``)."""
+    url: str
+    """http(s) URL the arguments are POSTed to."""
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    """Sent with each call (an ``Authorization`` header, say); never logged or returned."""
+    requires_approval: bool = False
+    """Pause the run at a call to this tool until the caller approves or rejects it."""
+    timeout_s: float = Field(10.0, gt=0.0, le=300.0)
+    max_output_chars: int = Field(4000, ge=1, le=100_000)
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, v: str) -> str:
+        if v in ("search", "answer"):
+            raise ValueError(f"'{v}' is a built-in tool of agentic answers; choose another name")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"'{v}' is not an http(s) URL")
+        _check_port(v)
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from ragline.server.chat_checks import schema_problem  # the check chat requests' tools get
+
+        if (problem := schema_problem(v)) is not None:
+            raise ValueError(f"not a JSON Schema: {problem}")
+        if v.get("type", "object") != "object":
+            raise ValueError("a tool's parameters must be an object schema")
+        return v
+
+
+class AgentSettings(_Section):
+    """``agentic`` answers: the model may search again with a rewritten question (the ``search``
+    tool) or call the server tools below, for up to ``max_steps`` steps, before the answer is
+    written from the sources of every step."""
+
+    max_steps: int = Field(3, ge=1, le=10)
+    """Model decisions after the first search (each a search, a tool call or the answer)."""
+    top_k: int = Field(3, ge=1, le=20)
+    """Chunks each search adds."""
+    step_max_tokens: int = Field(96, ge=16, le=1024)
+    """Tokens a step's decision (one tool call as JSON) may take."""
+    run_ttl_s: float = Field(3600.0, gt=0.0)
+    """How long a paused run (waiting for an approval or a tool's output) is kept."""
+    tools: list[ServerToolSettings] = Field(default_factory=list)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique(cls, v: list[ServerToolSettings]) -> list[ServerToolSettings]:
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError("answer.agent.tools: tool names must be unique")
+        return v
+
+
 class AnswerSettings(_Section):
-    mode: Literal["generate", "extractive"] = "generate"
+    mode: Literal["generate", "extractive", "agentic"] = "generate"
     top_k: int = Field(3, ge=1, le=50)
     context_tokens: int = Field(900, ge=64, description="token budget for the numbered sources")
     min_relevance: float = Field(0.27, ge=-1.0, le=1.0)
@@ -306,6 +375,7 @@ class AnswerSettings(_Section):
     44 tokens on XQuAD); the cap cuts the small model's occasional run-on, which sets the P95
     latency (96: P95 2.3 s, same F1 and citation precision as 256).
     """
+    agent: AgentSettings = AgentSettings()
     source_window: bool = True
     """Build answers from each source's window (the chunk plus ``chunking.lexical_context_tokens``
     of its section on either side, stored at ingestion) instead of the chunk alone: search

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ragline.answer import agent as agentic
+from ragline.answer import tools
 from ragline.answer.answerer import Answerer
 from ragline.answer.llm import LLM, TokenCallback, build_llm
 from ragline.collection import (
@@ -76,6 +78,7 @@ class Engine:
         self._collections: OrderedDict[str, Collection] = OrderedDict()
         self._users: dict[str, int] = {}
         self._lock = threading.RLock()
+        self._tool_runner = agentic.ToolRunner()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -376,16 +379,28 @@ class Engine:
         on_token: TokenCallback | None = None,
         max_tokens: int | None = None,
         query_vector: npt.NDArray[np.float32] | None = None,
+        calling: tools.ToolCalling | None = None,
+        history: Sequence[dict[str, str]] = (),
     ) -> Answer:
         """Retrieve, then answer with citations. ``max_tokens`` caps generation (default:
-        ``answer.max_tokens``); ``query_vector``: the question's embedding when the caller has it."""
+        ``answer.max_tokens``); ``query_vector``: the question's embedding when the caller has it;
+        ``calling``: the caller's tools, offered beside the sources (generate mode), ``history``
+        the turns after the question. ``agentic``: a run of several steps (``agent_run``; one
+        that pauses for a tool call returns it as the answer's ``tool_calls``)."""
         a = self.settings.answer
         mode = mode or a.mode
-        if mode not in ("generate", "extractive"):
-            raise ValueError(f"unknown answer mode {mode!r}; choose generate or extractive")
+        if mode not in ("generate", "extractive", "agentic"):
+            raise ValueError(f"unknown answer mode {mode!r}; choose generate, extractive or agentic")
+        if mode == "agentic":
+            if isinstance(filters, Filter):
+                raise ValueError("agentic answers take filters as field=value strings")
+            state = agentic.RunState.new(question, collection or self.settings.default_collection, filters)
+            return self.agent_run(state, on_token=on_token, max_tokens=max_tokens, query_vector=query_vector)
         flt = parse_filters(filters) if isinstance(filters, list) else filters
         with self.using(collection) as col:
-            return self._answer(col, question, mode, top_k, flt, on_token, max_tokens, query_vector)
+            return self._answer(
+                col, question, mode, top_k, flt, on_token, max_tokens, query_vector, calling, history
+            )
 
     def _answer(
         self,
@@ -397,6 +412,8 @@ class Engine:
         on_token: TokenCallback | None,
         max_tokens: int | None,
         query_vector: npt.NDArray[np.float32] | None = None,
+        calling: tools.ToolCalling | None = None,
+        history: Sequence[dict[str, str]] = (),
     ) -> Answer:
         a = self.settings.answer
         retriever = Retriever(self.embedder, self.settings.retrieval)
@@ -407,13 +424,94 @@ class Engine:
         usage = Usage(retrieval_ms=(time.perf_counter() - t0) * 1000)
         answerer = Answerer(self.embedder, a, self.settings.llm)
         best = max((h.dense_score for h in hits if h.dense_score is not None), default=-1.0)
-        if not hits or best < a.min_relevance:
+        if calling is None and (not hits or best < a.min_relevance):
             return answerer.not_found(hits, usage, mode)
         if mode == "extractive":
             return answerer.extractive(question, qvec, hits, usage)
+        relevant = hits if best >= a.min_relevance else []  # with tools, the model may still call one
         return answerer.generate(
-            question, self.llm, hits, usage, on_token=on_token, query_vector=qvec, max_tokens=max_tokens
+            question,
+            self.llm,
+            relevant,
+            usage,
+            on_token=on_token,
+            query_vector=qvec,
+            max_tokens=max_tokens,
+            calling=calling,
+            history=history,
         )
+
+    def agent_run(
+        self,
+        state: agentic.RunState,
+        *,
+        decision: agentic.Decision | None = None,
+        on_token: TokenCallback | None = None,
+        max_tokens: int | None = None,
+        query_vector: npt.NDArray[np.float32] | None = None,
+    ) -> Answer:
+        """Take an agentic run forward (``answer/agent.py``): apply the caller's ``decision`` on
+        its pending call, then search and decide until it answers (the answer, its citations from
+        every step's sources) or pauses (the answer's ``tool_calls``: the pending call, ``run``:
+        the state to keep). ``state`` is updated in place. Raises ``agent.DecisionError``."""
+        a = self.settings.answer
+        retriever = Retriever(self.embedder, self.settings.retrieval)
+        searched = [0.0]
+        t_start = time.perf_counter()
+        with self.using(state.collection) as col:
+
+            def search(query: str, filters: list[str]) -> list[Hit]:
+                t0 = time.perf_counter()
+                qvec = query_vector if query_vector is not None and query == state.question else None
+                qvec = qvec if qvec is not None else retriever.embed_query(query)
+                hits = self._retrieve(
+                    col, query, a.agent.top_k, flt=parse_filters(filters), query_vector=qvec
+                )
+                _fill_dense_scores(col, hits, qvec)
+                searched[0] += (time.perf_counter() - t0) * 1000
+                return hits
+
+            agent = agentic.Agent(a.agent, self.llm, search, self._tool_runner)
+            if decision is not None:
+                agent.decide(state, decision)
+            agent.advance(state)
+        usage = agentic.usage_of(state)
+        usage.retrieval_ms = searched[0]
+        usage.generation_ms = (time.perf_counter() - t_start) * 1000 - searched[0]
+        hits = agentic.sources(state)
+        steps = [s.public() for s in state.steps]
+        answerer = Answerer(self.embedder, a, self.settings.llm)
+        if state.pending is not None:
+            return Answer(
+                "",
+                [],
+                hits,
+                usage,
+                "agentic",
+                found=False,
+                tool_calls=[state.pending.tool_call()],
+                steps=steps,
+                run=state.public(),
+            )
+        notes = agentic.notes(state)
+        relevant = [h for h in hits if h.dense_score is not None and h.dense_score >= a.min_relevance]
+        if not relevant and not notes:
+            answer = answerer.not_found(hits, usage, "agentic")
+        else:
+            answer = answerer.generate(
+                state.question,
+                self.llm,
+                relevant,
+                usage,
+                on_token=on_token,
+                query_vector=query_vector,
+                max_tokens=max_tokens,
+                notes=notes,
+                mode="agentic",
+            )
+        answer.steps = steps
+        answer.run = state.public()
+        return answer
 
 
 def _tenant_of(stored: str) -> str:

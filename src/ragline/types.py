@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
-AnswerMode = Literal["generate", "extractive"]
+AnswerMode = Literal["generate", "extractive", "agentic"]
 FusionMethod = Literal["rrf", "convex"]
 
 # Payload fields every chunk carries (and that can be filtered on).
@@ -154,8 +154,25 @@ class Answer:
     usage: Usage
     mode: AnswerMode
     found: bool
+    #: The model's tool calls instead of an answer (OpenAI's ``tool_calls``): a caller's tool, or a
+    #: paused agentic run's pending call.
+    tool_calls: list[dict[str, Any]] | None = None
+    #: An agentic answer's steps: each search or tool call, in order (``answer/agent.py``).
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    #: A paused agentic run: its id, status and the action it waits for.
+    run: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._to_dict()
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.steps:
+            out["steps"] = self.steps
+        if self.run is not None:
+            out["run"] = self.run
+        return out
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.text,
             "found": self.found,

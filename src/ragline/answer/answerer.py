@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragline.answer import citations as cit
+from ragline.answer import tools
 from ragline.answer.llm import LLM, TokenCallback
 from ragline.answer.prompt import NOT_FOUND, build_messages, excerpts, select_sources, source_sentences
 from ragline.config import AnswerSettings, LLMSettings
@@ -81,13 +82,23 @@ class Answerer:
         on_token: TokenCallback | None = None,
         query_vector: npt.NDArray[np.float32] | None = None,
         max_tokens: int | None = None,
+        *,
+        calling: tools.ToolCalling | None = None,
+        history: Sequence[dict[str, str]] = (),
+        notes: Sequence[str] = (),
+        mode: AnswerMode = "generate",
     ) -> Answer:
+        """The grounded answer. ``calling``: the caller's tools, offered beside the sources (the
+        answer may be a tool call instead); ``history``: the turns after the question (earlier
+        tool calls and their results); ``notes``: tools' results to answer from (agentic)."""
         sources = select_sources(self.shown(hits), self._settings.context_tokens)
         texts = None
-        if self._settings.context_sentences:
+        if self._settings.context_sentences and sources:
             qvec = query_vector if query_vector is not None else self._embedder.embed_queries([question])[0]
             texts = excerpts(qvec, sources, self._embedder, self._settings.context_sentences)
-        messages = build_messages(question, sources, texts)
+        messages = [*build_messages(question, sources, texts, notes), *history]
+        if calling is not None:
+            messages = tools.with_system(messages, calling.system)
         t0 = time.perf_counter()
         completion = llm.chat(
             messages,
@@ -95,20 +106,27 @@ class Answerer:
             temperature=self._llm_settings.temperature,
             seed=self._llm_settings.seed,
             on_token=on_token,
+            response_format=calling.response_format if calling is not None else None,
         )
-        usage.generation_ms = (time.perf_counter() - t0) * 1000
-        usage.prompt_tokens = completion.prompt_tokens
-        usage.completion_tokens = completion.completion_tokens
-        text = cit.tidy(completion.text)
+        usage.generation_ms += (time.perf_counter() - t0) * 1000
+        usage.prompt_tokens += completion.prompt_tokens
+        usage.completion_tokens += completion.completion_tokens
+        raw = completion.text
+        if calling is not None:
+            reply = tools.read(raw)
+            if reply.tool_calls:
+                return Answer("", [], list(sources), usage, mode, found=True, tool_calls=reply.tool_calls)
+            raw = reply.content or ""
+        text = cit.tidy(raw)
         if not text or NOT_FOUND.lower().rstrip(".") in text.lower():
-            return Answer(NOT_FOUND, [], list(sources), usage, "generate", found=False)
+            return Answer(NOT_FOUND, [], list(sources), usage, mode, found=False)
         text = cit.strip_invalid(text, len(sources))
         by_model = set(cit.cited_numbers(text))
         text, _ = cit.attribute(text, sources, self._embedder, self._settings.min_relevance)
         citations: list[Citation] = []
         for n in cit.cited_numbers(text):
             citations.append(cit.make_citation(n, sources[n - 1], inferred=n not in by_model))
-        return Answer(text, citations, list(sources), usage, "generate", found=True)
+        return Answer(text, citations, list(sources), usage, mode, found=True)
 
 
 def _widened(hit: Hit) -> Hit:

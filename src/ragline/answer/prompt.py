@@ -102,14 +102,17 @@ def excerpts(
 
 
 def build_messages(
-    question: str, sources: Sequence[Hit], texts: Sequence[str] | None = None
+    question: str, sources: Sequence[Hit], texts: Sequence[str] | None = None, notes: Sequence[str] = ()
 ) -> list[dict[str, str]]:
-    """Chat messages for a grounded answer; ``texts`` replace the sources' texts (excerpts)."""
+    """Chat messages for a grounded answer; ``texts`` replace the sources' texts (excerpts);
+    ``notes``: tools' results (an agentic answer's), shown after the sources."""
     bodies = list(texts) if texts is not None else [flow(h.text) for h in sources]
     blocks = [f"[{i}] {t}" for i, t in enumerate(bodies, start=1) if t]
+    results = "\n\nTool results:\n" + "\n".join(f"- {n}" for n in notes) if notes else ""
     user = (
         f"Question: {question}\n\nSources:\n"
         + "\n\n".join(blocks)
+        + results
         + f'\n\nUsing only the sources, answer the question "{question}" in one or two sentences. '
         "End each sentence with the number of its source, like [1]. "
         f'If the sources do not answer it, reply exactly: "{NOT_FOUND}"'

@@ -565,8 +565,8 @@ class AnswerEvaluator:
         limit: int | None = None,
         on_question: QuestionProgress | None = None,
     ) -> AnswerEvalResult:
-        if mode not in ("generate", "extractive"):
-            raise ValueError(f"unknown answer mode {mode!r}; choose generate or extractive")
+        if mode not in ("generate", "extractive", "agentic"):
+            raise ValueError(f"unknown answer mode {mode!r}; choose generate, extractive or agentic")
         name = self._retrieval.collection_name
         # untimed: the first ONNX run and the first LLM call are slow
         self.engine.answer("What is this collection about?", collection=name, mode=mode)

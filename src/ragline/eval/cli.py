@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ragline.types import SearchMode
+from ragline.types import AnswerMode, SearchMode
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval quality on benchmark datasets.")
 console = Console()
@@ -125,7 +125,7 @@ def answers(
         Path,
         typer.Option("--dataset", "-d", help="BEIR-layout folder with answers.jsonl (reference answers)"),
     ],
-    mode: Annotated[str, typer.Option("--mode", help="generate | extractive")] = "generate",
+    mode: Annotated[str, typer.Option("--mode", help="generate | extractive | agentic")] = "generate",
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", min=1, help="questions, evenly spaced over the dataset")
     ] = None,
@@ -143,8 +143,8 @@ def answers(
     from ragline.eval.answers import AnswerEvaluator, load_qa
     from ragline.ingest.pipeline import Progress as IngestProgress
 
-    if mode not in ("generate", "extractive"):
-        raise typer.BadParameter("--mode must be generate or extractive")
+    if mode not in ("generate", "extractive", "agentic"):
+        raise typer.BadParameter("--mode must be generate, extractive or agentic")
     settings = load_settings(config)
     ds = load_qa(dataset, split)
     out_path = out or Path("eval-results") / f"{ds.name}-answers-{mode}.json"
@@ -166,7 +166,7 @@ def answers(
         n = len(ds.questions(limit))
         q_task = bar.add_task("questions", total=n, info=mode)
         result = ev.evaluate(
-            "generate" if mode == "generate" else "extractive",
+            cast(AnswerMode, mode),
             limit=limit,
             on_question=lambda done, total: bar.update(q_task, completed=done),
         )

@@ -57,9 +57,7 @@ def unsupported(body: Mapping[str, Any], *, rag: bool = False, n_parallel: int =
             )
     fmt = body.get("response_format")
     json_format = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
-    if rag:
-        if body.get("tools") is not None:
-            return "rag/ answers do not call tools", "tools"
+    if rag:  # the caller's tools: checked by the chat service, which knows the answer mode
         if json_format:
             return "rag/ answers are text with citations: response_format must be text", "response_format"
         if body.get("logprobs"):

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from ragline.access import AccessControl, AccessError
+from ragline.answer.agent import Decision
 from ragline.cache.base import CacheStore, CacheUnavailable
 from ragline.cache.memory import MemoryCacheStore
 from ragline.cache.service import CachePlan, ResponseCache
@@ -68,12 +69,15 @@ from ragline.server.knowledge import build_router
 from ragline.server.metering import Meter, Ticket, estimate_tokens
 from ragline.server.metrics_mw import MetricsMiddleware, observe_usage
 from ragline.server.protocol import (
+    ApprovalRequest,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     StreamOptions,
+    ToolOutputsRequest,
     error_body,
 )
+from ragline.server.runs import RunStore
 from ragline.server.serving import RAG_PREFIX, ChatService, EmbeddingService
 from ragline.server.tenancy import Tenancy
 from ragline.state.base import SharedState, StateError
@@ -97,7 +101,8 @@ class State:
             run_in_thread=lambda fn: model_threads.run_model(engine, fn),
             state=self.access.state,
         )
-        self.chat = ChatService(engine, local_model, self.gateway)
+        runs = RunStore(self.access.state, engine.settings.answer.agent.run_ttl_s)
+        self.chat = ChatService(engine, local_model, self.gateway, runs)
         s = engine.settings.server
         self.embeddings = EmbeddingService(
             engine,
@@ -503,6 +508,38 @@ def create_app(
         # the vectors are pre-encoded (off the event loop for large requests): a Response, not a dict
         call = _observed(req.model, state.embeddings.embed(req))
         return _json(await cancel_on_disconnect(request.receive, metered(ticket, call)))
+
+    # -- agentic runs paused on a tool call -----------------------------------------------------------
+
+    @app.get("/v1/rag/runs/{run_id}")
+    async def get_run(run_id: str, request: Request) -> dict[str, Any]:
+        """A run's status, its steps, and the call it waits on (``required_action``)."""
+        run = await state.chat.load_run(run_id, state.caller(request.scope).tenancy)
+        return run.public()
+
+    async def resume(run_id: str, decision: Decision, request: Request) -> Response:
+        caller = state.caller(request.scope)
+        run = await state.chat.load_run(run_id, caller.tenancy)
+        ticket = None
+        if caller.access is not None:  # counted and budgeted like the chat request that started it
+            state.meter.check_model(caller.access, run.model)
+            n = state.meter.assumed_max_tokens
+            ticket = await state.meter.begin(caller.access, run.model, 0, n)
+        call = _observed(run.model, state.chat.resume(run_id, decision, caller.tenancy))
+        return _json(await cancel_on_disconnect(request.receive, metered(ticket, call)))
+
+    @app.post("/v1/rag/runs/{run_id}/approve", response_model=None)
+    async def approve_run(run_id: str, body: ApprovalRequest, request: Request) -> Response:
+        """Approve or reject the server tool call a run waits on; the run goes on (the next
+        chat.completion: its answer, or the next call it waits on)."""
+        decision = Decision(body.tool_call_id, approve=body.approve, reason=body.reason)
+        return await resume(run_id, decision, request)
+
+    @app.post("/v1/rag/runs/{run_id}/submit_tool_outputs", response_model=None)
+    async def submit_tool_outputs(run_id: str, body: ToolOutputsRequest, request: Request) -> Response:
+        """The output of the caller's tool call a run waits on; the run goes on."""
+        out = body.tool_outputs[0]
+        return await resume(run_id, Decision(out.tool_call_id, output=out.output), request)
 
     @app.post("/v1/async/chat/completions", status_code=202)
     async def async_chat(req: ChatCompletionRequest, request: Request) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class CachedChat:
         chat = self._chat
         local = chat.uses_local_model(req)
         rag = local and (req.model.startswith(RAG_PREFIX) or req.rag is not None)
+        if rag and chat.rag_mode(req) == "agentic":
+            return None  # a run: its tools act, it may pause, and it has an id of its own
         if rag:
             # a RAG answer: the settings' temperature; the extractive mode picks, never samples
             same = chat.rag_mode(req) == "extractive" or deterministic({}, self._local_temperature)

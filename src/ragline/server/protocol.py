@@ -72,8 +72,34 @@ class RagOptions(BaseModel):
 
     collection: Text | None = None
     top_k: int | None = Field(None, ge=1, le=50)
-    mode: Literal["generate", "extractive"] | None = None
+    mode: Literal["generate", "extractive", "agentic"] | None = None
     filters: list[Text] | None = None
+
+
+class ApprovalRequest(BaseModel):
+    """``POST /v1/rag/runs/{id}/approve``: the caller's word on a paused run's server tool call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: Text = Field(min_length=1, max_length=128)
+    approve: bool
+    reason: Text = Field("", max_length=2000)
+
+
+class ToolOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: Text = Field(min_length=1, max_length=128)
+    output: Text = Field(max_length=100_000)
+
+
+class ToolOutputsRequest(BaseModel):
+    """``POST /v1/rag/runs/{id}/submit_tool_outputs``: the output of a paused run's call to one of
+    the caller's tools (OpenAI Assistants' shape; a run waits on one call at a time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_outputs: list[ToolOutput] = Field(min_length=1, max_length=1)
 
 
 class _GenerationRequest(_PassThrough):

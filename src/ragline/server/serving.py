@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ragline.answer import agent as agentic
 from ragline.answer import tools
 from ragline.answer.llm import Completion, Piece
 from ragline.answer.tokens import DONE, TokenBridge, stop_when_abandoned
@@ -35,9 +36,10 @@ from ragline.observability.context import current, upstream
 from ragline.server import gateway as routed
 from ragline.server.batching import DynamicBatcher
 from ragline.server.chat_checks import check_chat
-from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound
+from ragline.server.errors import BadRequest, ContextTooLong, ModelNotFound, NotFound
 from ragline.server.model_threads import run_model
 from ragline.server.protocol import ChatCompletionRequest, EmbeddingRequest
+from ragline.server.runs import RunStore
 from ragline.server.tenancy import Tenancy
 from ragline.types import Answer
 
@@ -94,11 +96,19 @@ def _map_llm_error(e: RaglineError) -> Exception:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, local_model: str, gateway: Router | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        local_model: str,
+        gateway: Router | None = None,
+        runs: RunStore | None = None,
+    ) -> None:
         self._engine = engine
         self.local_model = local_model
         #: Routes the gateway's model names (non-RAG chat) to their deployments.
         self.gateway = gateway
+        #: Paused agentic runs (None: agentic answers cannot pause, their tools are refused).
+        self.runs = runs
 
     def models(self, tenancy: Tenancy | None = None) -> list[str]:
         """Every model name: the local model, the gateway's, ``rag/<collection>`` for the tenant's
@@ -191,6 +201,8 @@ class ChatService:
             refused = unsupported(fields, rag=rag, n_parallel=self._engine.settings.llm.n_parallel)
             if refused is not None:
                 raise BadRequest(refused[0], param=refused[1], code="unsupported")
+            if rag:
+                self._check_rag_tools(req)
             check_max_tokens(self._engine, req.model, asked)
         elif (group := self._engine.settings.gateway.models.get(req.model)) is not None:
             cap, where = group.max_tokens, f"gateway.models.{req.model}.max_tokens"
@@ -203,6 +215,26 @@ class ChatService:
                     code="max_tokens_too_large",
                 )
         # unknown names are a 404 later
+
+    def _check_rag_tools(self, req: ChatCompletionRequest) -> None:
+        """The caller's tools on a RAG answer: beside the sources (generate), or as steps the run
+        hands back (agentic, which picks its own steps: ``tool_choice`` auto or none)."""
+        mode = self.rag_mode(req)
+        if req.tools and req.tool_choice != "none":
+            if mode == "extractive":
+                raise BadRequest(
+                    "extractive answers call no tools: use rag.mode generate or agentic",
+                    param="tools",
+                    code="unsupported",
+                )
+            if mode == "agentic" and req.tool_choice not in (None, "auto"):
+                raise BadRequest(
+                    "agentic answers choose their own steps: tool_choice must be auto or none",
+                    param="tool_choice",
+                    code="unsupported",
+                )
+        if mode != "agentic" and req.messages and req.messages[-1].role == "tool" and not req.tools:
+            raise BadRequest("a tool result needs the tools it answers", param="tools", code="invalid_value")
 
     # -- non-streaming -------------------------------------------------------------------
 
@@ -222,7 +254,7 @@ class ChatService:
         collection = self._resolve(req, tenancy)
         with stop_when_abandoned() as on_token:  # the client went away: the generation stops
             if collection is not None:
-                answer = await self._answer(req, collection, on_token, query_vector)
+                answer = await self._answer(req, collection, on_token, query_vector, tenancy)
                 if on_answer is not None:
                     on_answer(answer)
                 return self._rag_response(req, answer)
@@ -270,10 +302,20 @@ class ChatService:
             raise _map_llm_error(e) from e
 
     async def _answer(
-        self, req: ChatCompletionRequest, collection: str, on_token: Any, query_vector: Any = None
+        self,
+        req: ChatCompletionRequest,
+        collection: str,
+        on_token: Any,
+        query_vector: Any = None,
+        tenancy: Tenancy | None = None,
     ) -> Answer:
         question = self._question(req)
         rag = req.rag
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        if self.rag_mode(req) == "agentic":
+            run, decision = await self._run_of(req, question, collection, tenancy)
+            return await self.continue_run(run, decision, on_token, max_tokens, query_vector)
+        calling = tools.plan(req.tools, req.tool_choice)
         try:
             answer = await run_model(
                 self._engine,
@@ -284,35 +326,130 @@ class ChatService:
                 top_k=rag.top_k if rag else None,
                 filters=rag.filters if rag else None,
                 on_token=on_token,
-                max_tokens=req.max_completion_tokens or req.max_tokens,
+                max_tokens=max_tokens,
                 query_vector=query_vector,
+                calling=calling,
+                history=_after_question(req) if req.tools else (),  # tool calls and results
             )
         except CollectionNotFound as e:
             raise ModelNotFound(req.model) from e
         except RaglineError as e:
             raise _map_llm_error(e) from e
-        stats = current()
-        if stats is not None:  # retrieval is ragline's own time; generation is the model's
-            stats.add_upstream(answer.usage.generation_ms / 1000.0, "local")
+        _count_generation(answer)
         return answer
 
+    async def _run_of(
+        self, req: ChatCompletionRequest, question: str, collection: str, tenancy: Tenancy | None
+    ) -> tuple[agentic.RunState, agentic.Decision | None]:
+        """The run a request starts, or continues: a last ``tool`` message answering a paused
+        run's call (OpenAI's tool loop) is that call's output."""
+        tenant = tenancy.tenant if tenancy is not None else None
+        last = req.messages[-1]
+        call_id = (last.model_extra or {}).get("tool_call_id") if last.role == "tool" else None
+        run_id = agentic.RunState.of_call(call_id) if isinstance(call_id, str) else None
+        if run_id is not None and isinstance(call_id, str):
+            run = await self._runs.load(run_id, tenant) if self.runs is not None else None
+            if run is None:
+                raise BadRequest(
+                    f"tool_call_id {call_id} belongs to no run of yours (finished runs are kept "
+                    "answer.agent.run_ttl_s)",
+                    param="messages",
+                    code="run_not_found",
+                )
+            if run.collection != collection:
+                raise BadRequest(f"run {run.id} answers from another collection", param="model")
+            return run, agentic.Decision(call_id, output=last.text())
+        caller_tools = req.tools if req.tools and req.tool_choice != "none" else None
+        if caller_tools and self.runs is None:
+            raise BadRequest("this server keeps no agentic runs: tools are refused", param="tools")
+        rag = req.rag
+        run = agentic.RunState.new(
+            question, collection, rag.filters if rag else None, caller_tools, tenant, model=req.model
+        )
+        return run, None
+
+    @property
+    def _runs(self) -> RunStore:
+        assert self.runs is not None
+        return self.runs
+
+    async def load_run(self, run_id: str, tenancy: Tenancy | None) -> agentic.RunState:
+        run = await self._runs.load(run_id, tenancy.tenant if tenancy is not None else None)
+        if run is None:
+            raise NotFound(f"run {run_id!r} does not exist", param="run_id", code="run_not_found")
+        return run
+
+    async def continue_run(
+        self,
+        run: agentic.RunState,
+        decision: agentic.Decision | None,
+        on_token: Any = None,
+        max_tokens: int | None = None,
+        query_vector: Any = None,
+    ) -> Answer:
+        """Take a run forward (a claim on it held meanwhile) and keep what it became."""
+        runs = self.runs
+        if runs is not None and decision is not None:
+            await runs.claim(run.id)
+        try:
+            if decision is not None:
+                run = await self._runs.load(run.id, run.tenant) or run  # as stored now, under the claim
+            answer = await run_model(
+                self._engine,
+                self._engine.agent_run,
+                run,
+                decision=decision,
+                on_token=on_token,
+                max_tokens=max_tokens,
+                query_vector=query_vector,
+            )
+            if runs is not None:  # kept finished too: GET /v1/rag/runs/{id} shows its steps
+                await runs.save(run)
+        except agentic.DecisionError as e:
+            raise BadRequest(str(e), param=e.param, code="invalid_decision") from e
+        except CollectionNotFound as e:
+            raise NotFound(f"run {run.id}'s collection no longer exists", param="run_id") from e
+        except RaglineError as e:
+            raise _map_llm_error(e) from e
+        finally:
+            if runs is not None and decision is not None:
+                await runs.release(run.id)
+        _count_generation(answer)
+        return answer
+
+    async def resume(
+        self, run_id: str, decision: agentic.Decision, tenancy: Tenancy | None
+    ) -> dict[str, Any]:
+        """A paused run continued by the caller's decision: the next chat.completion."""
+        run = await self.load_run(run_id, tenancy)
+        with stop_when_abandoned() as on_token:
+            answer = await self.continue_run(run, decision, on_token)
+        return self.rag_response(run.model, answer)
+
     def _rag_response(self, req: ChatCompletionRequest, answer: Answer) -> dict[str, Any]:
+        return self.rag_response(req.model, answer)
+
+    def rag_response(self, model: str, answer: Answer) -> dict[str, Any]:
         d = answer.to_dict()
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        finish = "stop"
+        if answer.tool_calls:
+            message, finish = (
+                {"role": "assistant", "content": None, "tool_calls": answer.tool_calls},
+                "tool_calls",
+            )
+        ragline: dict[str, Any] = {"found": answer.found, "mode": answer.mode, "usage": d["usage"]}
+        if answer.run is not None:
+            ragline["run"] = answer.run
         return {
             "id": _chat_id(),
             "object": "chat.completion",
             "created": _now(),
-            "model": req.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": "stop",
-                }
-            ],
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": _usage(answer.usage.prompt_tokens, answer.usage.completion_tokens),
             "citations": d["citations"],
-            "ragline": {"found": answer.found, "mode": answer.mode, "usage": d["usage"]},
+            "ragline": ragline,
         }
 
     # -- streaming -----------------------------------------------------------------------
@@ -345,7 +482,7 @@ class ChatService:
         async def run() -> Any:
             try:
                 if collection is not None:
-                    return await self._answer(req, collection, bridge.on_token, query_vector)
+                    return await self._answer(req, collection, bridge.on_token, query_vector, tenancy)
                 return await run_model(self._engine, self._chat, req, bridge.on_token)
             finally:
                 bridge.finish()
@@ -353,6 +490,13 @@ class ChatService:
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
         calling = collection is None and tools.plan(req.tools, req.tool_choice) is not None
+        # a RAG answer offered the caller's tools is the grammar's JSON: sent once read (agentic
+        # runs stream only their final answer's tokens)
+        rag_calling = (
+            collection is not None
+            and self.rag_mode(req) != "agentic"
+            and tools.plan(req.tools, req.tool_choice) is not None
+        )
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             return {
@@ -376,7 +520,9 @@ class ChatService:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                if not calling:  # a tool call is read from the whole answer, then streamed
+                if (
+                    not calling and not rag_calling
+                ):  # a tool call is read from the whole answer, then streamed
                     yield piece(item)
             result = await task
         finally:
@@ -387,12 +533,18 @@ class ChatService:
             if on_answer is not None:
                 on_answer(result)
             d = result.to_dict()
-            # The final text (with citations matched after generation) and the sources, before [DONE].
-            if not result.found or result.mode == "extractive":
-                yield chunk({"content": result.text})
-            yield chunk(
-                {}, "stop", citations=d["citations"], ragline={"found": result.found, "text": result.text}
-            )
+            info: dict[str, Any] = {"found": result.found, "text": result.text}
+            if result.run is not None:
+                info["run"] = result.run
+            if result.tool_calls:
+                for delta in tools.stream_deltas(tools.Reply(None, result.tool_calls)):
+                    yield chunk(delta)
+                yield chunk({}, "tool_calls", citations=[], ragline=info)
+            else:
+                # The final text (with citations matched after generation) and the sources, before [DONE].
+                if not result.found or result.mode == "extractive" or rag_calling:
+                    yield chunk({"content": result.text})
+                yield chunk({}, "stop", citations=d["citations"], ragline=info)
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
         else:
             finish = result.finish_reason
@@ -575,3 +727,19 @@ def _embedding_data(results: list[tuple[Any, int]], b64: bool) -> orjson.Fragmen
             rows.append({"object": "embedding", "index": i, "embedding": emb})
         parts.append(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
     return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+
+
+def _after_question(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The turns after the RAG question (the last user message): tool calls and their results."""
+    messages = req.messages
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    return [
+        tools.render(m.role, m.text(), (m.model_extra or {}).get("tool_calls"))
+        for m in messages[last_user + 1 :]
+    ]
+
+
+def _count_generation(answer: Answer) -> None:
+    stats = current()
+    if stats is not None:  # retrieval is ragline's own time; generation is the model's
+        stats.add_upstream(answer.usage.generation_ms / 1000.0, "local")
