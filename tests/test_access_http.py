@@ -130,6 +130,7 @@ def _fill(path: str) -> str:
         .replace("{doc_id}", "d")
         .replace("{job_id}", "job-x")
         .replace("{key_id}", "k")
+        .replace("{run_id}", "run_x")
     )
 
 
@@ -293,7 +294,15 @@ def tenants(svc: Svc) -> dict[str, Any]:
     _upload(svc, a, "alpha-secret", "vault", secret)
     _upload(svc, a, "shared-name", "vault", secret)
     _upload(svc, b, "shared-name", "tea", "Green tea is brewed at 80 degrees for two minutes.")
-    return {"a": a, "b": b, "job_a": job_a}
+    ask = {
+        "model": "rag/alpha-only",
+        "messages": [{"role": "user", "content": "What is the vault combination?"}],
+    }
+    r = svc.call(
+        "POST", "/v1/chat/completions", a, json={**ask, "rag": {"mode": "agentic"}, "max_tokens": 16}
+    )
+    assert r.status_code == 200, r.text
+    return {"a": a, "b": b, "job_a": job_a, "run_a": r.json()["ragline"]["run"]["id"]}
 
 
 # What a key of tenant beta gets for each route when it names tenant alpha's collection
@@ -307,6 +316,9 @@ ISOLATION: dict[tuple[str, str], int] = {
     ("POST", "/v1/collections/{name}/files"): 202,  # the same
     ("GET", "/v1/jobs/{job_id}"): 404,
     ("POST", "/v1/jobs/{job_id}/cancel"): 404,
+    ("GET", "/v1/rag/runs/{run_id}"): 404,
+    ("POST", "/v1/rag/runs/{run_id}/approve"): 404,
+    ("POST", "/v1/rag/runs/{run_id}/submit_tool_outputs"): 404,
     ("PATCH", "/admin/tenants/{name}"): 403,  # admin routes: no application key at all
     ("DELETE", "/admin/keys/{key_id}"): 403,
 }
@@ -317,6 +329,10 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/v1/collections/{name}/files"): {"files": {"file": ("b.txt", b"beta file text")}},
     ("PATCH", "/admin/tenants/{name}"): {"json": {"disabled": True}},
+    ("POST", "/v1/rag/runs/{run_id}/approve"): {"json": {"tool_call_id": "call_x", "approve": True}},
+    ("POST", "/v1/rag/runs/{run_id}/submit_tool_outputs"): {
+        "json": {"tool_outputs": [{"tool_call_id": "call_x", "output": "o"}]}
+    },
 }
 
 
@@ -331,6 +347,7 @@ def test_isolation_on_every_route_that_names_a_resource(svc: Svc, tenants: dict[
             .replace("{doc_id}", "vault")
             .replace("{job_id}", tenants["job_a"])
             .replace("{key_id}", tenants["a"][3:15])
+            .replace("{run_id}", tenants["run_a"])
         )
         r = svc.call(method, url, b, **BODIES.get((method, path), {}))
         assert r.status_code == expected, (method, path, r.text)
@@ -346,6 +363,7 @@ def test_isolation_on_every_route_that_names_a_resource(svc: Svc, tenants: dict[
     docs_b = {d["doc_id"] for d in svc.call("GET", "/v1/collections/alpha-only/documents", b).json()["data"]}
     assert "vault" not in docs_b and docs_b
     assert svc.call("GET", f"/v1/jobs/{tenants['job_a']}", a).status_code == 200
+    assert svc.call("GET", f"/v1/rag/runs/{tenants['run_a']}", a).status_code == 200
 
 
 def test_a_tenant_never_sees_another_tenants_documents(svc: Svc, tenants: dict[str, Any]) -> None:
