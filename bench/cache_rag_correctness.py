@@ -71,7 +71,7 @@ def cited(answer: Any) -> list[str]:
     return sorted({c.doc_id for c in answer.citations}) if answer.found else []
 
 
-def run_dataset(name: str, limit: int) -> dict[str, Any]:
+def run_dataset(name: str, limit: int, sources_check: bool = True) -> dict[str, Any]:
     from ragline.cache.keys import request_key
     from ragline.cache.memory import MemoryCacheStore
     from ragline.cache.service import ResponseCache
@@ -112,6 +112,14 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
         async def main() -> dict[str, Any]:
             store = MemoryCacheStore(max_entries=100_000, dim=lambda: engine.embedder.dim)
             cache = ResponseCache(CacheSettings(), store, embed=embed, versions=versions)
+            top_k = settings.answer.top_k
+
+            async def retrieve(q: str, vector: Any) -> list[str]:
+                # the answer's own retrieval (Engine.answer: answer.top_k, the question's vector)
+                hits = await asyncio.to_thread(
+                    engine.search, q, collection=collection, top_k=top_k, query_vector=vector
+                )
+                return [h.chunk_id for h in hits]
 
             def plan(q: str) -> Any:
                 body = {"model": "rag/" + name, "messages": [{"role": "user", "content": q}]}
@@ -121,12 +129,15 @@ def run_dataset(name: str, limit: int) -> dict[str, Any]:
                     model="rag/" + name,
                     collection=collection,
                     control=None,
+                    retrieve=retrieve if sources_check else None,
                 )
 
             t0 = time.perf_counter()
             for q in questions:
                 a = await asyncio.to_thread(answer, q)
-                await cache.store(plan(q), body_of(a), sources=sources_of(a))
+                await cache.store(
+                    plan(q), body_of(a), sources=sources_of(a), retrieved=[h.chunk_id for h in a.sources]
+                )
             store_s = time.perf_counter() - t0
             rows: dict[str, dict[str, Any]] = {}
             wrong: list[dict[str, Any]] = []
@@ -190,23 +201,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--dataset", action="append", default=None)
+    ap.add_argument(
+        "--sources-check",
+        choices=["on", "off", "both"],
+        default="both",
+        help="cache.semantic.rag_sources: the shipped check (on), without it (off), or both side by side",
+    )
     args = ap.parse_args()
     names = args.dataset or ["xquad-en", "covidqa"]
-    data: dict[str, Any] = {"datasets": {}}
-    for n in names:
-        data["datasets"][n] = run_dataset(n, args.limit)
-        print(
-            n,
-            json.dumps(
-                {k: v for k, v in data["datasets"][n].items() if k != "disagreements_sample"}, indent=2
-            ),
-        )
-    hits = sum(d["hits"] for d in data["datasets"].values())
-    agree = sum(d["agree"] for d in data["datasets"].values())
-    data["agreement"] = agree / hits if hits else None
-    data["bar_99_percent"] = data["agreement"] is not None and data["agreement"] >= 0.99
-    cmd = f"python -m bench.cache_rag_correctness --limit {args.limit} " + " ".join(
-        f"--dataset {n}" for n in names
+    variants = {"on": [True], "off": [False], "both": [True, False]}[args.sources_check]
+    data: dict[str, Any] = {}
+    for check in variants:
+        part: dict[str, Any] = {"datasets": {}}
+        for n in names:
+            part["datasets"][n] = run_dataset(n, args.limit, check)
+            shown = {k: v for k, v in part["datasets"][n].items() if k != "disagreements_sample"}
+            print(n, "sources check" if check else "no sources check", json.dumps(shown, indent=2))
+        hits = sum(d["hits"] for d in part["datasets"].values())
+        agree = sum(d["agree"] for d in part["datasets"].values())
+        part["agreement"] = agree / hits if hits else None
+        part["bar_99_percent"] = part["agreement"] is not None and part["agreement"] >= 0.99
+        data["sources_check" if check else "no_sources_check"] = part
+    cmd = (
+        f"python -m bench.cache_rag_correctness --limit {args.limit} --sources-check {args.sources_check} "
+        + " ".join(f"--dataset {n}" for n in names)
     )
     print(write_result("cache_rag_correctness", cmd, data))
 

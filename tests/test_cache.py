@@ -190,6 +190,48 @@ async def test_exact_then_semantic_hit_then_miss(make: Make) -> None:
     assert (await cache.lookup(_plan(cache, q, collection="other"))).status == "miss"
 
 
+async def test_a_rag_hit_needs_the_reworded_questions_retrieval_to_find_the_answers_sources(
+    make: Make,
+) -> None:
+    cache, _ = await make(semantic={"threshold": 0.9})
+    q = "What is the boiling point of water at sea level?"
+    reworded = "what is the boiling point of water at sea level"
+    found_by: dict[str, list[str]] = {q: ["c1", "c2", "c3"], reworded: ["c2", "c1", "c9"]}
+    asked: list[str] = []
+
+    async def retrieve(question: str, vector: Any) -> list[str]:
+        asked.append(question)
+        assert len(vector) > 0  # the question's embedding, computed once for the lookup
+        return found_by[question]
+
+    def plan(question: str) -> Any:
+        body = {"model": "rag/kb", "messages": [{"role": "user", "content": question}]}
+        key = request_key("t", "kb", body)
+        return cache.plan(key, tenant="t", model="rag/kb", collection="kb", control=None, retrieve=retrieve)
+
+    # built from c1 and c2 (the budget kept two): the rewording must find those two first, in any order
+    await cache.store(plan(q), _answer("100 C"), retrieved=["c1", "c2"])
+    hit = await cache.lookup(plan(reworded))
+    assert hit.status == "semantic-hit" and asked == [reworded]
+    found_by[reworded] = ["c1", "c9", "c2"]  # retrieval moved: the answer would be built from other chunks
+    assert (await cache.lookup(plan(reworded))).status == "miss"
+    assert (await cache.lookup(plan(q))).status == "hit"  # an exact hit asks no retrieval
+    assert asked == [reworded, reworded]
+    # switched off, similarity and the second check decide alone
+    off, _ = await make(semantic={"threshold": 0.9, "rag_sources": False})
+    await off.store(_plan(off, q), _answer("100 C"), retrieved=["c1", "c2"])
+    body = {"model": "rag/kb", "messages": [{"role": "user", "content": reworded}]}
+    p = off.plan(
+        request_key("t", "kb", body),
+        tenant="t",
+        model="rag/kb",
+        collection="kb",
+        control=None,
+        retrieve=retrieve,
+    )
+    assert p.retrieve is None and (await off.lookup(p)).status == "semantic-hit"
+
+
 async def test_entries_expire_and_the_least_recently_used_go_first(make: Make) -> None:
     cache, clock = await make(ttl_s=60, max_entries=2)
     for q in ("one?", "two?"):

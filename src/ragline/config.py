@@ -873,6 +873,11 @@ class SemanticCacheSettings(_Section):
         description="the second check between similar and hit: numbers, negations, named entities "
         "and content words that differ veto a hit",
     )
+    rag_sources: bool = Field(
+        True,
+        description="a semantic hit of a RAG answer also needs the new question's retrieval to find "
+        "the chunks the answer was built from (one retrieval, no generation)",
+    )
 
 
 class CacheSettings(_Section):

@@ -37,6 +37,8 @@ class CacheEntry:
     """The response as first served (chat.completion), without ragline's cache field."""
     sources: dict[str, str] = field(default_factory=dict)
     """doc_id -> version of every document the answer was built from (RAG answers)."""
+    retrieved: list[str] = field(default_factory=list)
+    """The chunk ids of the RAG answer's sources, best first (what its retrieval found)."""
     created_at: float = 0.0
     expires_at: float = 0.0
     latency_s: float = 0.0

@@ -38,6 +38,8 @@ _NEIGHBOURS = 3
 Embed = Callable[[str], Awaitable[npt.NDArray[np.float32]]]
 #: (stored collection, doc ids) -> doc_id -> current version, for those that exist.
 Versions = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
+#: (question, its embedding) -> the chunk ids a RAG request's retrieval finds for it, best first.
+Retrieve = Callable[[str, npt.NDArray[np.float32]], Awaitable[list[str]]]
 
 
 @dataclass(slots=True)
@@ -49,6 +51,8 @@ class CachePlan:
     read: bool
     write: bool
     semantic: bool
+    #: A RAG request's retrieval: a semantic hit needs it to find the answer's own sources.
+    retrieve: Retrieve | None = None
 
 
 @dataclass(slots=True)
@@ -109,14 +113,16 @@ class ResponseCache:
         model: str,
         collection: str | None,
         control: Control | None,
+        retrieve: Retrieve | None = None,
     ) -> CachePlan:
         """How a request the cache ``wants`` uses it: read (unless ``no-cache``), written, matched
-        semantically."""
+        semantically; ``retrieve``: a RAG request's retrieval, for the sources check."""
         sem = self.settings.semantic
         semantic = key.question is not None and (
             (collection is not None and sem.rag) or model in self._semantic_models
         )
-        return CachePlan(key, tenant, model, collection, control != "no-cache", True, semantic)
+        check = retrieve if collection is not None and sem.rag_sources else None
+        return CachePlan(key, tenant, model, collection, control != "no-cache", True, semantic, check)
 
     async def lookup(self, plan: CachePlan) -> Lookup:
         """What the cache holds for the request (a miss, never an error, when the store fails)."""
@@ -154,6 +160,9 @@ class ResponseCache:
                 if not verdict.hit:
                     metrics.CACHE_VETOES.inc()
                     continue
+                if not await self._same_sources(plan, entry, vector):
+                    metrics.CACHE_VETOES.inc()
+                    continue
                 if await self._fresh(entry):
                     return self._served(Lookup("semantic-hit", entry, n.similarity))
         metrics.CACHE_REQUESTS.labels("miss").inc()
@@ -166,6 +175,17 @@ class ResponseCache:
         metrics.CACHE_SAVED_SECONDS.inc(entry.latency_s)
         metrics.CACHE_SAVED_USD.inc(entry.cost_nano / 1e9)
         return found
+
+    async def _same_sources(
+        self, plan: CachePlan, entry: CacheEntry, vector: npt.NDArray[np.float32]
+    ) -> bool:
+        """A RAG answer serves a reworded question only if that question's retrieval finds the
+        answer's own sources (as many as it was built from, in any order): a rewording that moves
+        retrieval would be answered from other chunks. Measured in bench/cache_rag_correctness.py."""
+        if plan.retrieve is None or not entry.retrieved or plan.key.question is None:
+            return True
+        found = await plan.retrieve(plan.key.question, vector)
+        return set(found[: len(entry.retrieved)]) == set(entry.retrieved)
 
     async def _fresh(self, entry: CacheEntry) -> bool:
         """Every document the entry was built from is still at the version it read (else dropped)."""
@@ -188,11 +208,12 @@ class ResponseCache:
         latency_s: float = 0.0,
         cost_nano: int = 0,
         vector: npt.NDArray[np.float32] | None = None,
+        retrieved: Sequence[str] = (),
     ) -> bool:
         """Keep an answer just served; False when it is not kept (too large, an error, cut short, the
-        store unavailable)."""
+        store unavailable). ``retrieved``: a RAG answer's source chunk ids, best first."""
         try:
-            return await self._keep(plan, body, sources, latency_s, cost_nano, vector)
+            return await self._keep(plan, body, sources, latency_s, cost_nano, vector, retrieved)
         except CacheUnavailable as e:
             self._unavailable(e)
             return False
@@ -205,6 +226,7 @@ class ResponseCache:
         latency_s: float,
         cost_nano: int,
         vector: npt.NDArray[np.float32] | None,
+        retrieved: Sequence[str] = (),
     ) -> bool:
         if not plan.write or not _complete(body):
             return False
@@ -223,6 +245,7 @@ class ResponseCache:
             question=plan.key.question,
             body=body,
             sources=dict(sources or {}),
+            retrieved=list(retrieved),
             created_at=now,
             expires_at=now + self.settings.ttl_s,
             latency_s=latency_s,

@@ -420,9 +420,11 @@ def create_app(
             return await _streaming(req.model, replayed(body, include_usage), True, headers=marker)
         ticket = await begin_chat(req, caller.access)
         sources: dict[str, str] = {}
+        retrieved: list[str] = []
 
         def on_answer(answer: Answer) -> None:
             sources.update(sources_of(answer))
+            retrieved.extend(h.chunk_id for h in answer.sources)
 
         started = time.perf_counter()
 
@@ -443,6 +445,7 @@ def create_app(
                 latency_s=time.perf_counter() - started,
                 cost_nano=cost,
                 vector=found.vector,
+                retrieved=retrieved,
             )
 
         if not req.stream:

@@ -90,8 +90,14 @@ class CachedChat:
         collection = chat.collection_of(req, tenancy) if local else None
         body = req.model_dump(exclude_unset=True)
         key = request_key(tenancy.tenant, collection, body)
+        retrieve = chat.source_ids(req, collection) if collection is not None else None
         return self.cache.plan(
-            key, tenant=tenancy.tenant, model=req.model, collection=collection, control=control
+            key,
+            tenant=tenancy.tenant,
+            model=req.model,
+            collection=collection,
+            control=control,
+            retrieve=retrieve,
         )
 
 

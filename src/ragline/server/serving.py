@@ -17,7 +17,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,6 +127,28 @@ class ChatService:
         if self._routed(req) is not None:
             return None
         return self._resolve(req, tenancy)
+
+    def source_ids(
+        self, req: ChatCompletionRequest, collection: str
+    ) -> Callable[[str, Any], Awaitable[list[str]]]:
+        """The request's retrieval as the cache's sources check runs it: the chunk ids its answer
+        would be built from, for a question and its embedding (the answer's own top_k and filters)."""
+        rag = req.rag
+        top_k = (rag.top_k if rag else None) or self._engine.settings.answer.top_k
+        filters = rag.filters if rag else None
+
+        async def retrieve(question: str, vector: Any) -> list[str]:
+            hits = await asyncio.to_thread(
+                self._engine.search,
+                question,
+                collection=collection,
+                top_k=top_k,
+                filters=filters,
+                query_vector=vector,
+            )
+            return [h.chunk_id for h in hits]
+
+        return retrieve
 
     def rag_mode(self, req: ChatCompletionRequest) -> str:
         return (req.rag.mode if req.rag is not None else None) or self._engine.settings.answer.mode
