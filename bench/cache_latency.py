@@ -292,6 +292,7 @@ def main() -> None:
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-semantic", action="store_true")
     ap.add_argument("--rag-questions", type=int, default=30, help="0 = skip the RAG hit-versus-miss part")
+    ap.add_argument("--out", default="cache_latency", help="results file name (bench/results/<out>.json)")
     args = ap.parse_args()
     data: dict[str, Any] = {}
     if not args.skip_http:
@@ -305,8 +306,8 @@ def main() -> None:
         print(json.dumps(data["semantic"], indent=2))
     cmd = "python -m bench.cache_latency " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if not isinstance(v, bool)
-    )
-    print(write_result("cache_latency", cmd, data))
+    ) + "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v is True)
+    print(write_result(args.out, cmd, data))
 
 
 if __name__ == "__main__":
