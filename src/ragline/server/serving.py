@@ -353,6 +353,7 @@ class ChatService:
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
         calling = collection is None and tools.plan(req.tools, req.tool_choice) is not None
+        reader = tools.ToolStream() if calling else None  # a tool call is streamed as it is generated
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             return {
@@ -376,8 +377,11 @@ class ChatService:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                if not calling:  # a tool call is read from the whole answer, then streamed
+                if reader is None:
                     yield piece(item)
+                    continue
+                for delta in reader.feed(str(item)):
+                    yield chunk(delta)
             result = await task
         finally:
             if not task.done():
@@ -396,8 +400,8 @@ class ChatService:
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
         else:
             finish = result.finish_reason
-            if calling:
-                deltas, finish = tools.stream_end(result.text, finish)
+            if reader is not None:
+                deltas, finish = reader.end(finish)
                 for delta in deltas:
                     yield chunk(delta)
             yield chunk({}, finish)
