@@ -423,21 +423,38 @@ NAMED = {"type": "function", "function": {"name": "weather"}}
 
 
 def _call(client: openai.OpenAI, model: str, stream: bool, **kw: Any) -> tuple[Any, str | None]:
-    """(message or the streamed deltas' tool calls joined, finish_reason)."""
+    """(message or the streamed deltas' tool calls joined, finish_reason); streamed, each call
+    also has ``fragments`` (how many chunks carried a piece of its arguments) and the first
+    ``span`` (seconds from its first delta to its last)."""
     if not stream:
         r = client.chat.completions.create(model=model, **kw)
         return r.choices[0].message, r.choices[0].finish_reason
-    chunks = [c for c in client.chat.completions.create(model=model, stream=True, **kw) if c.choices]
-    calls: dict[int, dict[str, str]] = {}
-    for c in chunks:
-        for t in c.choices[0].delta.tool_calls or []:
-            call = calls.setdefault(t.index, {"id": "", "name": "", "arguments": ""})
-            call["id"] += t.id or ""
-            call["name"] += (t.function.name if t.function else None) or ""
-            call["arguments"] += (t.function.arguments if t.function else None) or ""
+    fresh = {"Cache-Control": "no-store"}  # generated, not a cached answer replayed in one piece
+    stream_of = client.chat.completions.create(model=model, stream=True, extra_headers=fresh, **kw)
+    timed = [(time.monotonic(), c) for c in stream_of]
+    chunks = [c for _, c in timed if c.choices]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    calls = _joined([c.choices[0].delta for c in chunks])
+    if calls:  # from the first tool-call delta to the last arguments fragment, in seconds
+        at = [t for t, c in timed if c.choices and c.choices[0].delta.tool_calls]
+        calls[0]["span"] = at[-1] - at[0]
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     finish = next((c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason), None)
-    return {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}, finish
+    return {"content": content, "tool_calls": calls}, finish
+
+
+def _joined(deltas: list[Any]) -> list[dict[str, Any]]:
+    """A stream's tool calls, their deltas joined by index (the first carries id and name)."""
+    calls: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        for t in d.tool_calls or []:
+            call = calls.setdefault(t.index, {"id": "", "name": "", "arguments": "", "fragments": 0})
+            call["id"] += t.id or ""
+            call["name"] += (t.function.name if t.function else None) or ""
+            fragment = (t.function.arguments if t.function else None) or ""
+            call["arguments"] += fragment
+            call["fragments"] += bool(fragment)
+    return [calls[i] for i in sorted(calls)]
 
 
 def _calls(message: Any) -> list[dict[str, str]]:
@@ -469,6 +486,8 @@ def test_embedded_model_calls_the_tool(client: openai.OpenAI, model: str, choice
     assert call["id"].startswith("call_") and call["name"] == "weather"
     arguments = json.loads(call["arguments"])  # streamed: the fragments join to valid JSON
     assert isinstance(arguments, dict) and isinstance(arguments["city"], str)
+    if stream:  # streamed as the model generates them, not in one burst once the answer is done
+        assert call["fragments"] > 1 and call["span"] > 0.005, call
 
 
 @pytest.mark.parametrize("model", ["local", "embedded"])
@@ -614,13 +633,17 @@ def test_embedded_model_streams_n_choices(client: openai.OpenAI, model: str) -> 
                 max_tokens=60,
                 temperature=0,
                 stream=True,
+                extra_headers={"Cache-Control": "no-store"},  # generated, not replayed from the cache
             )
         )
     )
+    assert sorted(tooled) == [0, 1]
     for got in tooled.values():
         assert got["finish"] == ["tool_calls"]
-        (call,) = [t for d in got["deltas"] for t in d.tool_calls or []]
-        assert call.function is not None and isinstance(json.loads(call.function.arguments or ""), dict)
+        assert all(t.index == 0 for d in got["deltas"] for t in d.tool_calls or [])
+        (call,) = _joined(got["deltas"])  # each choice's deltas join to its own call
+        assert call["id"].startswith("call_") and call["name"] == "weather" and call["fragments"] > 1
+        assert isinstance(json.loads(call["arguments"])["city"], str)
     scored = _choices(
         list(
             client.chat.completions.create(

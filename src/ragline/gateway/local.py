@@ -153,7 +153,7 @@ class LocalDeployment:
 
         task = asyncio.create_task(run())
         cid, created = _completion_id(), int(time.time())
-        calling = _calling(body) is not None
+        reader = tools.ToolStream() if _calling(body) is not None else None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -177,7 +177,9 @@ class LocalDeployment:
                 if item is DONE:
                     break
                 started = True
-                if calling:  # a tool call is read from the whole answer, then streamed
+                if reader is not None:  # a tool call is streamed as it is generated
+                    for delta in reader.feed(str(item)):
+                        yield chunk(delta)
                     continue
                 out = chunk({"content": item})
                 if isinstance(item, Piece):
@@ -189,8 +191,8 @@ class LocalDeployment:
                 bridge.cancel()  # timed out or the reader is gone: stop the generation
                 task.cancel()
         finish = result.finish_reason
-        if calling:
-            deltas, finish = tools.stream_end(result.text, finish)
+        if reader is not None:
+            deltas, finish = reader.end(finish)
             for delta in deltas:
                 yield chunk(delta)
         yield chunk({}, finish)
@@ -236,7 +238,8 @@ class LocalDeployment:
         try:
             async with contextlib.aclosing(choices) as parts:
                 async for choice in parts:
-                    started = started or bool(choice["delta"].get("content"))
+                    delta = choice["delta"]
+                    started = started or bool(delta.get("content") or delta.get("tool_calls"))
                     yield envelope(choices=[choice])
         except TimeoutError as e:
             what = "complete answer" if started else "first token"
@@ -335,8 +338,9 @@ async def stream_choices(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """The ``choices`` entries of a chat.completion.chunk stream for n generations at once (on n
     of the model's slots), as OpenAI streams them: every choice's role first, then each piece as
-    it comes, interleaved, tagged with its choice's ``index``, and each choice's own end (its tool
-    call deltas, its ``finish_reason``) when it ends. ``done`` receives the n completions, in
+    it comes, interleaved, tagged with its choice's ``index`` (with tools: each choice's tool call
+    deltas as its model generates them, ``tools.ToolStream``), and each choice's own end (its
+    ``finish_reason``) when it ends. ``done`` receives the n completions, in
     order, once every choice has ended (for the usage). ``deadline(started)``: the loop time by
     which the next piece must come (TimeoutError), None for no limit.
 
@@ -363,6 +367,7 @@ async def stream_choices(
         loop.call_soon_threadsafe(queue.put_nowait, (i, result))
 
     tasks = [asyncio.create_task(generate(i)) for i in range(n)]
+    readers = [tools.ToolStream() for _ in range(n)] if calling else None  # each choice's tool call
     results: dict[int, Completion] = {}
     started = False
     try:
@@ -376,14 +381,16 @@ async def stream_choices(
             if isinstance(item, Completion):
                 results[i] = item
                 finish = item.finish_reason
-                if calling:  # a tool call is read from the whole answer, then streamed
-                    deltas, finish = tools.stream_end(item.text, finish)
+                if readers is not None:
+                    deltas, finish = readers[i].end(finish)
                     for delta in deltas:
                         yield {"index": i, "delta": delta, "finish_reason": None}
                 yield {"index": i, "delta": {}, "finish_reason": finish}
                 continue
             started = True
-            if calling:
+            if readers is not None:  # a tool call is streamed as it is generated
+                for delta in readers[i].feed(str(item)):
+                    yield {"index": i, "delta": delta, "finish_reason": None}
                 continue
             out: dict[str, Any] = {"index": i, "delta": {"content": item}, "finish_reason": None}
             if isinstance(item, Piece):

@@ -512,8 +512,9 @@ class ChatService:
         task = asyncio.create_task(run())
         cid, created = _chat_id(), _now()
         calling = collection is None and tools.plan(req.tools, req.tool_choice) is not None
-        # a RAG answer offered the caller's tools is the grammar's JSON: sent once read (agentic
-        # runs stream only their final answer's tokens)
+        reader = tools.ToolStream() if calling else None  # a tool call is streamed as it is generated
+        # a RAG answer offered the caller's tools is the grammar's JSON: sent once read and its
+        # citations matched (agentic runs stream only their final answer's tokens)
         rag_calling = (
             collection is not None
             and self.rag_mode(req) != "agentic"
@@ -542,10 +543,12 @@ class ChatService:
                 item = await bridge.get()
                 if item is DONE:
                     break
-                if (
-                    not calling and not rag_calling
-                ):  # a tool call is read from the whole answer, then streamed
-                    yield piece(item)
+                if reader is None:
+                    if not rag_calling:
+                        yield piece(item)
+                    continue
+                for delta in reader.feed(str(item)):
+                    yield chunk(delta)
             result = await task
         finally:
             if not task.done():
@@ -559,7 +562,7 @@ class ChatService:
             if result.run is not None:
                 info["run"] = result.run
             if result.tool_calls:
-                for delta in tools.stream_deltas(tools.Reply(None, result.tool_calls)):
+                for delta in tools.call_deltas(result.tool_calls):
                     yield chunk(delta)
                 yield chunk({}, "tool_calls", citations=[], ragline=info)
             else:
@@ -570,8 +573,8 @@ class ChatService:
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
         else:
             finish = result.finish_reason
-            if calling:
-                deltas, finish = tools.stream_end(result.text, finish)
+            if reader is not None:
+                deltas, finish = reader.end(finish)
                 for delta in deltas:
                     yield chunk(delta)
             yield chunk({}, finish)
