@@ -656,8 +656,15 @@ def test_embedded_model_streams_n_choices(client: openai.OpenAI, model: str) -> 
         assert all(len(t.top_logprobs) == 2 for t in got["logprobs"])
 
 
-def test_rag_answers_refuse_tools(client: openai.OpenAI) -> None:
-    _refused(lambda: client.chat.completions.create(model="rag/none", messages=MSG, tools=TOOLS), "tools")  # type: ignore[arg-type]
+def test_extractive_rag_answers_refuse_tools(client: openai.OpenAI) -> None:
+    # generate and agentic rag/ answers take tools (tests/test_agentic.py); an extractive one calls none
+    extractive = {"rag": {"mode": "extractive"}}
+    _refused(
+        lambda: client.chat.completions.create(
+            model="rag/none", messages=MSG, tools=TOOLS, extra_body=extractive
+        ),  # type: ignore[arg-type]
+        "tools",
+    )
 
 
 # -- /v1/completions: logprobs in the legacy shape -------------------------------------------------
