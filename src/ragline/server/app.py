@@ -337,13 +337,20 @@ def create_app(
         """The completion tokens to reserve; a budgeted request without max_tokens is given some."""
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
         choices = req.n  # a gateway model's n choices each cost up to max_tokens
+        steps = 0  # an agentic run's decisions are generations too
+        if isinstance(req, ChatCompletionRequest) and (
+            req.model.startswith(RAG_PREFIX) or req.rag is not None
+        ):
+            if state.chat.rag_mode(req) == "agentic":
+                agent = engine.settings.answer.agent
+                steps = agent.max_steps * agent.step_max_tokens
         if asked:
-            return asked * choices
+            return asked * choices + steps
         cap = completion_cap(req.model)
         n = min(state.meter.assumed_max_tokens, cap) if cap else state.meter.assumed_max_tokens
         if state.meter.needs_max_tokens(ra):
             req.max_tokens = n  # passed on: the call cannot cost more than was reserved
-        return n * choices
+        return n * choices + steps
 
     async def begin_chat(req: ChatCompletionRequest, ra: RequestAccess | None) -> Ticket | None:
         if ra is None:
