@@ -185,7 +185,7 @@ class ResponseCache:
         if plan.retrieve is None or not entry.retrieved or plan.key.question is None:
             return True
         found = await plan.retrieve(plan.key.question, vector)
-        return found[: len(entry.retrieved)] == entry.retrieved
+        return set(found[: len(entry.retrieved)]) == set(entry.retrieved)
 
     async def _fresh(self, entry: CacheEntry) -> bool:
         """Every document the entry was built from is still at the version it read (else dropped)."""
