@@ -27,16 +27,22 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from ragline.answer import tools
 from ragline.answer.llm import LLM
 from ragline.config import AgentSettings, ServerToolSettings
 from ragline.errors import InvalidFilter
 from ragline.index.filters import parse_filters
+from ragline.optional import require
 from ragline.types import Hit, Usage
+
+if TYPE_CHECKING:
+    import httpx
+
+#: The extra that installs the HTTP client server tools are called with.
+TOOLS_EXTRA = "tools"
+TOOLS_FEATURE = "answer.agent.tools"
 
 SEARCH_TOOL: dict[str, Any] = {
     "name": "search",
@@ -399,22 +405,19 @@ class ToolRunner:
     """Calls server tools: the arguments POSTed as JSON, the reply's text the result. A failure
     (refused connection, timeout, an error status) is the step's result, told to the model."""
 
-    def __init__(self, client: httpx.Client | None = None) -> None:
-        self._client = client
-
     def run(
         self, tool: ServerToolSettings, arguments: dict[str, Any]
     ) -> tuple[Literal["done", "failed"], str]:
+        http = require("httpx", extra=TOOLS_EXTRA, feature=TOOLS_FEATURE)
         headers = {k: v.get_secret_value() for k, v in tool.headers.items()}
         try:
-            if self._client is not None:
-                resp = self._client.post(tool.url, json=arguments, headers=headers, timeout=tool.timeout_s)
-            else:
-                with httpx.Client() as client:
-                    resp = client.post(tool.url, json=arguments, headers=headers, timeout=tool.timeout_s)
-        except httpx.TimeoutException:
+            with http.Client() as client:
+                resp: httpx.Response = client.post(
+                    tool.url, json=arguments, headers=headers, timeout=tool.timeout_s
+                )
+        except http.TimeoutException:
             return "failed", f"error: the tool did not answer within {tool.timeout_s:g} s"
-        except httpx.HTTPError as e:
+        except http.HTTPError as e:
             return "failed", f"error: the tool could not be reached ({type(e).__name__})"
         text = resp.text[: tool.max_output_chars]
         if resp.status_code >= 400:

@@ -338,12 +338,12 @@ def create_app(
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
         choices = req.n  # a gateway model's n choices each cost up to max_tokens
         steps = 0  # an agentic run's decisions are generations too
-        if isinstance(req, ChatCompletionRequest) and (
+        rag = isinstance(req, ChatCompletionRequest) and (
             req.model.startswith(RAG_PREFIX) or req.rag is not None
-        ):
-            if state.chat.rag_mode(req) == "agentic":
-                agent = engine.settings.answer.agent
-                steps = agent.max_steps * agent.step_max_tokens
+        )
+        if rag and state.chat.rag_mode(cast(ChatCompletionRequest, req)) == "agentic":
+            agent = engine.settings.answer.agent
+            steps = agent.max_steps * agent.step_max_tokens
         if asked:
             return asked * choices + steps
         cap = completion_cap(req.model)

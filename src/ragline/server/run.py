@@ -49,6 +49,8 @@ def check_dependencies(settings: Settings) -> None:
     check_index_installed(settings)
     if settings.rerank.kind == "remote":
         require("httpx", extra="rerank", feature="rerank.kind=remote")
+    if settings.answer.agent.tools:
+        require("httpx", extra="tools", feature="answer.agent.tools")
 
 
 def check_exposure(settings: Settings, host: str, *, insecure: bool) -> None:
