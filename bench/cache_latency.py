@@ -304,9 +304,11 @@ def main() -> None:
     if not args.skip_semantic:
         data["semantic"] = semantic(args.entries, args.lookups)
         print(json.dumps(data["semantic"], indent=2))
-    cmd = "python -m bench.cache_latency " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if not isinstance(v, bool)
-    ) + "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v is True)
+    cmd = (
+        "python -m bench.cache_latency "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if not isinstance(v, bool))
+        + "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v is True)
+    )
     print(write_result(args.out, cmd, data))
 
 
